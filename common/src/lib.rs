@@ -1,0 +1,7 @@
+//! What the Otako gateway and backend both need to agree on: the dispatch wire
+//! types, signed tokens, the database schema and how telemetry is set up.
+
+pub mod db;
+pub mod proto;
+pub mod telemetry;
+pub mod token;

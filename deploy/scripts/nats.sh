@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs nats-server with JetStream in the foreground (exec, so whoever starts
+# this script owns the server's pid).
+#
+#   deploy/scripts/nats.sh PORT STORE_DIR [NAME CLUSTER_PORT ROUTES]
+#
+# With NAME, CLUSTER_PORT and ROUTES (comma-separated nats-route:// URLs) the
+# server joins a cluster; every member needs a distinct NAME.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+port="${1:?port}"
+store="${2:?store dir}"
+mkdir -p "$store"
+args=(-a 127.0.0.1 -p "$port" -js -sd "$store")
+if [ $# -ge 5 ]; then
+  args+=(-n "$3" --cluster_name otako --cluster "nats://127.0.0.1:$4" --routes "$5")
+fi
+exec nats-server "${args[@]}"

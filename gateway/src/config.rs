@@ -1,0 +1,115 @@
+//! Command-line flags, each also an environment variable (see CONTRACT.md).
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "otako-gateway",
+    version,
+    about = "Otako's dispatch-only WebSocket gateway"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "OTAKO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://otako@127.0.0.1:5432/otako"
+    )]
+    pub database_url: String,
+
+    /// Secret that signs session tokens (shared with the backend).
+    #[arg(long, env = "OTAKO_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// Development mode: allows the fixed development token secret.
+    #[arg(long, env = "OTAKO_DEV", value_parser = parse_flag, default_value = "0")]
+    pub dev: bool,
+
+    /// Client WebSocket listener (the socket is at /gateway).
+    #[arg(long, env = "OTAKO_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub gateway_listen: SocketAddr,
+
+    /// Admin listener: /healthz, /readyz, /metrics.
+    #[arg(long, env = "OTAKO_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// This node's name in logs, error records and NATS; defaults to the hostname.
+    #[arg(long, env = "OTAKO_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Sessions one user may hold across the whole cluster.
+    #[arg(long, env = "OTAKO_MAX_SESSIONS_PER_USER", default_value_t = 10)]
+    pub max_sessions_per_user: u32,
+
+    #[arg(long, env = "OTAKO_HEARTBEAT_INTERVAL_MS", default_value_t = 30_000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// On shutdown, reconnect requests (op 7) are spread over this window so
+    /// clients do not all reconnect at once.
+    #[arg(long, env = "OTAKO_DRAIN_WINDOW_MS", default_value_t = 10_000)]
+    pub drain_window_ms: u64,
+
+    /// Frames a session may have queued before it counts as too slow (4011).
+    #[arg(long, env = "OTAKO_SESSION_QUEUE", default_value_t = 512)]
+    pub session_queue: usize,
+
+    /// Dispatch requests handled at once by this node.
+    #[arg(long, env = "OTAKO_DISPATCH_CONCURRENCY", default_value_t = 64)]
+    pub dispatch_concurrency: usize,
+
+    /// Replicas of the gateway's JetStream state (error stream, KV buckets);
+    /// set to the NATS cluster size, at most 5.
+    #[arg(long, env = "OTAKO_JETSTREAM_REPLICAS", default_value_t = 1)]
+    pub jetstream_replicas: usize,
+
+    /// Apply database migrations before starting.
+    #[arg(long)]
+    pub migrate: bool,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "OTAKO_LOG_JSON", value_parser = parse_flag, default_value = "0")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected 1 or 0, got {s:?}")),
+    }
+}
+
+impl Args {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(100))
+    }
+
+    pub fn drain_window(&self) -> Duration {
+        Duration::from_millis(self.drain_window_ms)
+    }
+
+    pub fn node_id(&self) -> String {
+        if let Some(id) = self.node_id.clone().filter(|s| !s.is_empty()) {
+            return id;
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("gw-{:08x}", rand::random::<u32>()))
+    }
+}

@@ -1,0 +1,138 @@
+//! otako-gateway: wires the modules together. See README.md for the design.
+
+mod admin;
+mod auth;
+mod config;
+mod db;
+mod dispatch;
+mod fanout;
+mod limit;
+mod server;
+mod session;
+mod sink;
+
+use anyhow::Context;
+use clap::Parser;
+use config::{Args, Command};
+use otako_common::proto::FANOUT_SUBJECT;
+use otako_common::{telemetry, token};
+use std::future::IntoFuture;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = telemetry::init("otako-gateway", args.log_json)?;
+    let pool = otako_common::db::lazy_pool(&args.database_url, 16)?;
+    if args.migrate || matches!(args.command, Some(Command::Migrate)) {
+        otako_common::db::migrate(&pool)
+            .await
+            .context("applying migrations")?;
+        info!("migrations applied");
+        if args.command.is_some() {
+            return Ok(());
+        }
+    }
+    let secret = token::resolve_secret(args.token_secret.as_deref(), args.dev)?;
+    let node_id = args.node_id();
+    let metrics = admin::install_metrics()?;
+
+    let nats = async_nats::ConnectOptions::new()
+        .name(format!("otako-gateway {node_id}"))
+        .event_callback(|event| async move { info!(%event, "nats connection") })
+        .connect(args.nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let replicas = args.jetstream_replicas;
+    let sink = sink::ErrorSink::connect(js.clone(), replicas).await?;
+    let dispatcher =
+        dispatch::Dispatcher::new(nats.clone(), pool.clone(), sink, replicas, node_id.clone())
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("opening the delivered-events bucket")?;
+    let limiter =
+        limit::Limiter::connect(&js, args.max_sessions_per_user, node_id.clone(), replicas)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("opening the session-limit buckets")?;
+
+    let hub = fanout::Hub::new(args.session_queue);
+    let node = Arc::new(server::Node::new(
+        node_id.clone(),
+        hub.clone(),
+        pool,
+        token::TokenKey::new(&secret),
+        args.heartbeat_interval(),
+        limit::SessionLimit(Some(limiter.clone())),
+    ));
+
+    tokio::spawn(server::firehose_loop(
+        nats.subscribe(FANOUT_SUBJECT).await?,
+        hub.clone(),
+    ));
+    tokio::spawn(server::revoke_loop(
+        nats.subscribe(server::REVOKE_SUBJECT).await?,
+        hub.clone(),
+    ));
+    let liveness = tokio::spawn(limiter.clone().heartbeat());
+
+    let listener = TcpListener::bind(args.gateway_listen)
+        .await
+        .with_context(|| format!("binding {}", args.gateway_listen))?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", args.admin_listen))?;
+    tokio::spawn(
+        axum::serve(
+            admin_listener,
+            admin::router(node.clone(), nats.clone(), metrics),
+        )
+        .into_future(),
+    );
+
+    let stop_accepting = CancellationToken::new();
+    let stop_dispatch = CancellationToken::new();
+    tokio::spawn(server::accept_loop(
+        listener,
+        node.clone(),
+        stop_accepting.clone(),
+    ));
+    let dispatch = tokio::spawn(server::dispatch_loop(
+        server::subscribe_dispatch(&nats).await?,
+        Arc::new(dispatcher),
+        args.dispatch_concurrency,
+        stop_dispatch.clone(),
+    ));
+    // Subscriptions are live at the server before we call ourselves ready.
+    nats.flush().await?;
+    node.ready.store(true, Ordering::Release);
+    info!(node = %node_id, gateway = %args.gateway_listen, admin = %args.admin_listen, "gateway ready");
+
+    shutdown_signal().await;
+    info!("shutting down: draining");
+    node.ready.store(false, Ordering::Release);
+    stop_accepting.cancel();
+    stop_dispatch.cancel();
+    let _ = dispatch.await;
+    info!("dispatch drained");
+    server::drain_sessions(&hub, args.drain_window()).await;
+    liveness.abort();
+    limiter.retire().await;
+    let _ = nats.flush().await;
+    info!("gateway stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
