@@ -82,6 +82,9 @@ pub struct Roundtrip {
     /// Why the event failed; absent on success. The contract allows extra fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The gateway node that handled the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Roundtrip {
@@ -95,6 +98,7 @@ impl Roundtrip {
             op: 0,
             s,
             error: result.err(),
+            node: None,
         }
     }
 }
