@@ -1,1 +1,96 @@
-fn main() {}
+//! otako-backend-shim: wires the modules together. See README.md.
+
+mod api;
+mod auth;
+mod config;
+mod error;
+mod health;
+mod outbox;
+
+use anyhow::Context;
+use axum::routing::get;
+use clap::Parser;
+use config::{Args, Command};
+use otako_common::{telemetry, token};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = telemetry::init("otako-backend-shim", args.log_json)?;
+    let pool = otako_common::db::lazy_pool(&args.database_url, 32)?;
+    if args.migrate || matches!(args.command, Some(Command::Migrate)) {
+        otako_common::db::migrate(&pool)
+            .await
+            .context("applying migrations")?;
+        info!("migrations applied");
+        if args.command.is_some() {
+            return Ok(());
+        }
+    }
+    let secret = token::resolve_secret(args.token_secret.as_deref(), args.dev)?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let nats = async_nats::ConnectOptions::new()
+        .name("otako-backend-shim")
+        .request_timeout(Some(args.dispatch_timeout()))
+        .event_callback(|event| async move { info!(%event, "nats connection") })
+        .connect(args.nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+
+    let wake = Arc::new(Notify::new());
+    let state = api::AppState {
+        pool: pool.clone(),
+        key: token::TokenKey::new(&secret),
+        token_ttl_secs: args.token_ttl_secs,
+        nats: nats.clone(),
+        outbox_wake: wake.clone(),
+    };
+    let dispatcher = outbox::Dispatcher::new(
+        pool,
+        nats,
+        args.dispatch_max_attempts,
+        args.dispatch_timeout(),
+        args.dispatch_backoff(),
+    );
+    tokio::spawn(dispatcher.run(wake));
+
+    let app = api::router(state.clone())
+        .route("/healthz", get(health::healthz).with_state(state.clone()))
+        .route(
+            "/metrics",
+            get(health::metrics).with_state((state, metrics)),
+        )
+        .layer(axum::middleware::from_fn(trace_request));
+    let listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    info!(http = %args.http_listen, "backend ready");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// One span per request, continuing the caller's trace if it sent one.
+async fn trace_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{} {}", req.method(), req.uri().path()),
+        http.method = %req.method(),
+        http.path = %req.uri().path(),
+        http.status = tracing::field::Empty,
+    );
+    telemetry::continue_from_http(&span, req.headers());
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.status", resp.status().as_u16());
+    resp
+}

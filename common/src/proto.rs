@@ -12,6 +12,9 @@ pub const DISPATCH_QUEUE: &str = "otako-gateway";
 /// Node-wide firehose: the handling node publishes each loaded event here once,
 /// and every gateway node routes it to its own sessions.
 pub const FANOUT_SUBJECT: &str = "otako.fanout";
+/// The backend announces token revocations here; gateways close the
+/// sessions that hold older tokens.
+pub const REVOKE_SUBJECT: &str = "otako.revoke";
 /// JetStream stream and subject of the logging sink for failed events.
 pub const ERRORS_STREAM: &str = "OTAKO_ERRORS";
 pub const ERRORS_SUBJECT: &str = "otako.errors";
@@ -168,6 +171,29 @@ impl MemberRef {
     pub fn to_data(self) -> Value {
         serde_json::json!({"channel_id": self.channel_id.to_string(), "user_id": self.user_id.to_string()})
     }
+}
+
+/// A message as clients and the HTTP API show it (the contract's message object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageObject {
+    pub id: String,
+    pub channel_id: String,
+    pub author: Author,
+    pub content: String,
+    pub nonce: Option<String>,
+    pub timestamp: String,
+    pub edited_timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Author {
+    pub id: String,
+    pub username: String,
+}
+
+/// Timestamps on every wire: RFC 3339, UTC, microseconds.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// One failed event as written to the `OTAKO_ERRORS` stream.

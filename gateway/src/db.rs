@@ -1,7 +1,8 @@
 //! The gateway's reads. It never writes: the backend owns every row.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use chrono::{DateTime, Utc};
+pub use otako_common::proto::rfc3339;
+use otako_common::proto::{Author, MessageObject};
 use sqlx::PgPool;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,33 +11,11 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
 }
 
-/// A message as clients receive it (the contract's message object).
-#[derive(Debug, Serialize)]
-pub struct MessageObject {
-    pub id: String,
-    pub channel_id: String,
-    pub author: Author,
-    pub content: String,
-    pub nonce: Option<String>,
-    pub timestamp: String,
-    pub edited_timestamp: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Author {
-    pub id: String,
-    pub username: String,
-}
-
 /// A message row with what the dispatcher needs to check before sending it.
 pub struct LoadedMessage {
     pub channel_id: i64,
     pub deleted: bool,
     pub object: MessageObject,
-}
-
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 type MessageRow = (

@@ -151,7 +151,8 @@ impl Dispatcher {
         }
 
         if let Some(reply) = msg.reply {
-            let mut body = Roundtrip::new(event_id, s, result.map(|_| ()).map_err(|e| e.to_string()));
+            let mut body =
+                Roundtrip::new(event_id, s, result.map(|_| ()).map_err(|e| e.to_string()));
             body.node = Some(self.node_id.clone());
             let body = serde_json::to_vec(&body).expect("roundtrip serializes");
             if let Err(e) = self.nats.publish(reply, body.into()).await {

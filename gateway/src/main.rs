@@ -14,7 +14,7 @@ mod sink;
 use anyhow::Context;
 use clap::Parser;
 use config::{Args, Command};
-use otako_common::proto::FANOUT_SUBJECT;
+use otako_common::proto::{FANOUT_SUBJECT, REVOKE_SUBJECT};
 use otako_common::{telemetry, token};
 use std::future::IntoFuture;
 use std::sync::atomic::Ordering;
@@ -76,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         hub.clone(),
     ));
     tokio::spawn(server::revoke_loop(
-        nats.subscribe(server::REVOKE_SUBJECT).await?,
+        nats.subscribe(REVOKE_SUBJECT).await?,
         hub.clone(),
     ));
     let liveness = tokio::spawn(limiter.clone().heartbeat());

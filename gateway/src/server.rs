@@ -19,9 +19,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 
-/// Subject the backend announces token revocations on.
-pub const REVOKE_SUBJECT: &str = "otako.revoke";
-
 pub struct Node {
     pub node_id: String,
     pub hub: Arc<Hub>,

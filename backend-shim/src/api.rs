@@ -1,0 +1,559 @@
+//! The HTTP API of the contract. Every write commits its event to the outbox
+//! in the same transaction, then wakes the dispatcher.
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::outbox;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use otako_common::proto::{
+    self, parse_id, Author, EventType, MemberRef, MessageObject, MessageRef,
+};
+use otako_common::token::{Claims, TokenKey};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::{PgPool, Postgres, Transaction};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+const MAX_BODY: usize = 64 * 1024;
+const MAX_CONTENT_CHARS: usize = 2000;
+const MAX_NONCE_CHARS: usize = 64;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub key: TokenKey,
+    pub token_ttl_secs: i64,
+    pub nats: async_nats::Client,
+    /// Wakes the dispatcher right after a commit, so events go out at once.
+    pub outbox_wake: Arc<Notify>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/users", post(create_user))
+        .route("/users/@me/revoke", post(revoke_tokens))
+        .route("/channels", post(create_channel))
+        .route(
+            "/channels/{channel_id}/members/{user_id}",
+            put(add_member).delete(remove_member),
+        )
+        .route(
+            "/channels/{channel_id}/messages",
+            post(create_message).get(list_messages),
+        )
+        .route(
+            "/channels/{channel_id}/messages/{message_id}",
+            axum::routing::patch(edit_message).delete(delete_message),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// A JSON body whose every rejection answers in the contract's error shape.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
+                "Content-Type must be application/json".into(),
+            )),
+            Err(r) => Err(ApiError::BadRequest(r.body_text())),
+        }
+    }
+}
+
+fn id(s: &str, what: &'static str) -> Result<i64, ApiError> {
+    parse_id(s).ok_or_else(|| ApiError::BadRequest(format!("{what} must be a decimal id")))
+}
+
+fn issue_token(state: &AppState, user_id: i64, username: &str, generation: i32) -> String {
+    state.key.sign(&Claims {
+        user_id,
+        username: username.to_owned(),
+        generation,
+        expires_at: Utc::now().timestamp() + state.token_ttl_secs,
+    })
+}
+
+fn valid_username(u: &str) -> bool {
+    (2..=32).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    username: String,
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Body(body): Body<NewUser>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !valid_username(&body.username) {
+        return Err(ApiError::BadRequest(
+            "username must be 2-32 characters of a-z, 0-9 and _".into(),
+        ));
+    }
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO users (username) VALUES ($1) ON CONFLICT (username) DO NOTHING RETURNING id",
+    )
+    .bind(&body.username)
+    .fetch_optional(&state.pool)
+    .await?;
+    let id = id.ok_or(ApiError::Conflict("username is taken"))?;
+    let token = issue_token(&state, id, &body.username, 0);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id.to_string(), "username": body.username, "token": token})),
+    ))
+}
+
+/// Revokes every token of the caller and returns a fresh one. Open gateway
+/// sessions holding an older token are closed with 4004.
+async fn revoke_tokens(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let generation: i32 = sqlx::query_scalar(
+        "UPDATE users SET token_generation = token_generation + 1 WHERE id = $1 RETURNING token_generation",
+    )
+    .bind(me.user_id)
+    .fetch_one(&state.pool)
+    .await?;
+    let notice = json!({"user_id": me.user_id.to_string(), "generation": generation});
+    if let Err(e) = state
+        .nats
+        .publish(proto::REVOKE_SUBJECT, notice.to_string().into())
+        .await
+    {
+        tracing::warn!(error = %e, "could not announce a revocation to the gateways");
+    }
+    Ok(Json(
+        json!({"token": issue_token(&state, me.user_id, &me.username, generation)}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct NewChannel {
+    name: String,
+}
+
+async fn create_channel(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Body(body): Body<NewChannel>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
+    }
+    let mut tx = state.pool.begin().await?;
+    let channel_id: i64 =
+        sqlx::query_scalar("INSERT INTO channels (name, created_by) VALUES ($1, $2) RETURNING id")
+            .bind(name)
+            .bind(me.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query("INSERT INTO channel_members (channel_id, user_id) VALUES ($1, $2)")
+        .bind(channel_id)
+        .bind(me.user_id)
+        .execute(&mut *tx)
+        .await?;
+    // The creator's open sessions start receiving the new channel too.
+    let member = MemberRef {
+        channel_id,
+        user_id: me.user_id,
+    };
+    outbox::enqueue(
+        &mut tx,
+        EventType::ChannelMemberAdd,
+        channel_id,
+        member.to_data(),
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": channel_id.to_string(), "name": name})),
+    ))
+}
+
+/// 404 if the channel does not exist, 403 if the caller is not a member.
+async fn require_member(pool: &PgPool, channel_id: i64, user_id: i64) -> Result<(), ApiError> {
+    let (exists, member): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM channels WHERE id = $1), \
+                EXISTS (SELECT 1 FROM channel_members WHERE channel_id = $1 AND user_id = $2)",
+    )
+    .bind(channel_id)
+    .bind(user_id)
+    .fetch_one(pool)
+    .await?;
+    match (exists, member) {
+        (false, _) => Err(ApiError::NotFound("unknown channel")),
+        (true, false) => Err(ApiError::Forbidden("not a member of this channel")),
+        (true, true) => Ok(()),
+    }
+}
+
+async fn add_member(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path((channel_id, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (channel_id, user_id) = (id(&channel_id, "channel_id")?, id(&user_id, "user_id")?);
+    require_member(&state.pool, channel_id, me.user_id).await?;
+    let mut tx = state.pool.begin().await?;
+    let user_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !user_exists {
+        return Err(ApiError::NotFound("unknown user"));
+    }
+    let added = sqlx::query(
+        "INSERT INTO channel_members (channel_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(channel_id)
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if added {
+        let member = MemberRef {
+            channel_id,
+            user_id,
+        };
+        outbox::enqueue(
+            &mut tx,
+            EventType::ChannelMemberAdd,
+            channel_id,
+            member.to_data(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if added {
+        state.outbox_wake.notify_one();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path((channel_id, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (channel_id, user_id) = (id(&channel_id, "channel_id")?, id(&user_id, "user_id")?);
+    require_member(&state.pool, channel_id, me.user_id).await?;
+    let mut tx = state.pool.begin().await?;
+    let removed = sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
+        .bind(channel_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if !removed {
+        return Err(ApiError::NotFound("not a member of this channel"));
+    }
+    let member = MemberRef {
+        channel_id,
+        user_id,
+    };
+    outbox::enqueue(
+        &mut tx,
+        EventType::ChannelMemberRemove,
+        channel_id,
+        member.to_data(),
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+type MessageRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+const MESSAGE_COLUMNS: &str =
+    "m.id, m.channel_id, u.id, u.username, m.content, m.nonce, m.created_at, m.edited_at";
+
+fn message_object(row: MessageRow) -> MessageObject {
+    let (id, channel_id, author_id, username, content, nonce, created, edited) = row;
+    MessageObject {
+        id: id.to_string(),
+        channel_id: channel_id.to_string(),
+        author: Author {
+            id: author_id.to_string(),
+            username,
+        },
+        content,
+        nonce,
+        timestamp: proto::rfc3339(created),
+        edited_timestamp: edited.map(proto::rfc3339),
+    }
+}
+
+/// A live (not deleted) message of a channel.
+async fn load_message(
+    tx: &mut Transaction<'static, Postgres>,
+    channel_id: i64,
+    message_id: i64,
+) -> Result<MessageRow, ApiError> {
+    sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id \
+         WHERE m.id = $1 AND m.channel_id = $2 AND m.deleted_at IS NULL FOR UPDATE OF m"
+    ))
+    .bind(message_id)
+    .bind(channel_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(ApiError::NotFound("unknown message"))
+}
+
+fn check_content(content: &str) -> Result<(), ApiError> {
+    let n = content.chars().count();
+    if n == 0 || n > MAX_CONTENT_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "content must be 1-{MAX_CONTENT_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct NewMessage {
+    content: String,
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+async fn create_message(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(channel_id): Path<String>,
+    Body(body): Body<NewMessage>,
+) -> Result<Json<MessageObject>, ApiError> {
+    let channel_id = id(&channel_id, "channel_id")?;
+    check_content(&body.content)?;
+    if body
+        .nonce
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_NONCE_CHARS)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "nonce must be at most {MAX_NONCE_CHARS} characters"
+        )));
+    }
+    require_member(&state.pool, channel_id, me.user_id).await?;
+    let mut tx = state.pool.begin().await?;
+    let inserted: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
+        "INSERT INTO messages (channel_id, author_id, content, nonce) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (author_id, nonce) WHERE nonce IS NOT NULL DO NOTHING \
+         RETURNING id, created_at",
+    )
+    .bind(channel_id)
+    .bind(me.user_id)
+    .bind(&body.content)
+    .bind(&body.nonce)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((message_id, created)) = inserted else {
+        // The same nonce again: the first message, and no second event.
+        let row: MessageRow = sqlx::query_as(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id \
+             WHERE m.author_id = $1 AND m.nonce = $2"
+        ))
+        .bind(me.user_id)
+        .bind(&body.nonce)
+        .fetch_one(&mut *tx)
+        .await?;
+        return Ok(Json(message_object(row)));
+    };
+    let event = MessageRef {
+        id: message_id,
+        channel_id,
+    };
+    outbox::enqueue(
+        &mut tx,
+        EventType::MessageCreate,
+        channel_id,
+        event.to_data(),
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    Ok(Json(message_object((
+        message_id,
+        channel_id,
+        me.user_id,
+        me.username,
+        body.content,
+        body.nonce,
+        created,
+        None,
+    ))))
+}
+
+#[derive(Deserialize)]
+struct EditMessage {
+    content: String,
+}
+
+async fn edit_message(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path((channel_id, message_id)): Path<(String, String)>,
+    Body(body): Body<EditMessage>,
+) -> Result<Json<MessageObject>, ApiError> {
+    let (channel_id, message_id) = (
+        id(&channel_id, "channel_id")?,
+        id(&message_id, "message_id")?,
+    );
+    check_content(&body.content)?;
+    require_member(&state.pool, channel_id, me.user_id).await?;
+    let mut tx = state.pool.begin().await?;
+    let row = load_message(&mut tx, channel_id, message_id).await?;
+    if row.2 != me.user_id {
+        return Err(ApiError::Forbidden("only the author may edit a message"));
+    }
+    let edited: DateTime<Utc> = sqlx::query_scalar(
+        "UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 RETURNING edited_at",
+    )
+    .bind(message_id)
+    .bind(&body.content)
+    .fetch_one(&mut *tx)
+    .await?;
+    let event = MessageRef {
+        id: message_id,
+        channel_id,
+    };
+    outbox::enqueue(
+        &mut tx,
+        EventType::MessageUpdate,
+        channel_id,
+        event.to_data(),
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    let (id, ch, author, username, _, nonce, created, _) = row;
+    Ok(Json(message_object((
+        id,
+        ch,
+        author,
+        username,
+        body.content,
+        nonce,
+        created,
+        Some(edited),
+    ))))
+}
+
+async fn delete_message(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path((channel_id, message_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (channel_id, message_id) = (
+        id(&channel_id, "channel_id")?,
+        id(&message_id, "message_id")?,
+    );
+    require_member(&state.pool, channel_id, me.user_id).await?;
+    let mut tx = state.pool.begin().await?;
+    let row = load_message(&mut tx, channel_id, message_id).await?;
+    if row.2 != me.user_id {
+        return Err(ApiError::Forbidden("only the author may delete a message"));
+    }
+    sqlx::query("UPDATE messages SET deleted_at = now() WHERE id = $1")
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?;
+    let event = MessageRef {
+        id: message_id,
+        channel_id,
+    };
+    outbox::enqueue(
+        &mut tx,
+        EventType::MessageDelete,
+        channel_id,
+        event.to_data(),
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<i64>,
+    before: Option<String>,
+}
+
+async fn list_messages(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(channel_id): Path<String>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<MessageObject>>, ApiError> {
+    let channel_id = id(&channel_id, "channel_id")?;
+    let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be 1-100".into()));
+    }
+    let before = match page.before.as_deref() {
+        Some(b) => id(b, "before")?,
+        None => i64::MAX,
+    };
+    require_member(&state.pool, channel_id, me.user_id).await?;
+    let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id \
+         WHERE m.channel_id = $1 AND m.id < $2 AND m.deleted_at IS NULL \
+         ORDER BY m.id DESC LIMIT $3"
+    ))
+    .bind(channel_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(rows.into_iter().map(message_object).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_username;
+
+    #[test]
+    fn usernames() {
+        assert!(valid_username("alice_01"));
+        assert!(!valid_username("a"));
+        assert!(!valid_username("Alice"));
+        assert!(!valid_username("al ice"));
+        assert!(!valid_username(&"a".repeat(33)));
+    }
+}

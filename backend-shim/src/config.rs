@@ -1,0 +1,86 @@
+//! Command-line flags, each also an environment variable (see CONTRACT.md).
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "otako-backend-shim",
+    version,
+    about = "Stands in for Otako's HTTP API: writes, the outbox, and dispatch to the gateways"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "OTAKO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://otako@127.0.0.1:5432/otako"
+    )]
+    pub database_url: String,
+
+    /// Secret that signs session tokens (shared with the gateways).
+    #[arg(long, env = "OTAKO_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// Development mode: allows the fixed development token secret.
+    #[arg(long, env = "OTAKO_DEV", value_parser = parse_flag, default_value = "0")]
+    pub dev: bool,
+
+    #[arg(long, env = "OTAKO_HTTP_LISTEN", default_value = "0.0.0.0:8000")]
+    pub http_listen: SocketAddr,
+
+    /// Attempts per event before it is dropped (the seed's X).
+    #[arg(long, env = "OTAKO_DISPATCH_MAX_ATTEMPTS", default_value_t = 5)]
+    pub dispatch_max_attempts: u32,
+
+    /// How long one attempt waits for EVENT_ROUNDTRIP.
+    #[arg(long, env = "OTAKO_DISPATCH_TIMEOUT_MS", default_value_t = 2000)]
+    pub dispatch_timeout_ms: u64,
+
+    /// Backoff after the first failed attempt; it doubles per attempt (capped at 30 s).
+    #[arg(long, env = "OTAKO_DISPATCH_BACKOFF_MS", default_value_t = 250)]
+    pub dispatch_backoff_ms: u64,
+
+    /// Lifetime of issued tokens.
+    #[arg(long, env = "OTAKO_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub token_ttl_secs: i64,
+
+    /// Apply database migrations before starting.
+    #[arg(long)]
+    pub migrate: bool,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "OTAKO_LOG_JSON", value_parser = parse_flag, default_value = "0")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected 1 or 0, got {s:?}")),
+    }
+}
+
+impl Args {
+    pub fn dispatch_timeout(&self) -> Duration {
+        Duration::from_millis(self.dispatch_timeout_ms.max(1))
+    }
+
+    pub fn dispatch_backoff(&self) -> Duration {
+        Duration::from_millis(self.dispatch_backoff_ms)
+    }
+}

@@ -1,0 +1,39 @@
+//! `/healthz` and `/metrics` of the backend.
+
+use crate::api::AppState;
+use crate::outbox;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+
+/// Healthy when the database answers; reports NATS and the outbox backlog.
+pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
+    match outbox::backlog(&state.pool).await {
+        Ok((pending, oldest)) => (
+            StatusCode::OK,
+            Json(json!({
+                "status": "ok",
+                "database": true,
+                "nats": nats,
+                "outbox": {"pending": pending, "oldest_pending_seconds": oldest},
+            })),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "unavailable", "database": false, "nats": nats, "error": e.to_string()}),
+            ),
+        ),
+    }
+}
+
+pub async fn metrics(State((state, handle)): State<(AppState, PrometheusHandle)>) -> String {
+    if let Ok((pending, oldest)) = outbox::backlog(&state.pool).await {
+        metrics::gauge!("otako_outbox_pending").set(pending as f64);
+        metrics::gauge!("otako_outbox_oldest_pending_seconds").set(oldest.unwrap_or(0.0));
+    }
+    handle.render()
+}

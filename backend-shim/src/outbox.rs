@@ -1,0 +1,332 @@
+//! The outbox and its dispatcher.
+//!
+//! Writes commit their event in the same transaction ([`enqueue`]); the
+//! dispatcher sends pending events as NATS requests on `otako.dispatch` and
+//! waits for EVENT_ROUNDTRIP. Events of one channel go strictly one after the
+//! other (the next waits for the previous one's answer), which is what keeps
+//! them in commit order at every session; different channels go in parallel,
+//! so one failing channel never holds up the others.
+//!
+//! An attempt is spent only on an event that a live gateway failed or did
+//! not answer in time. While no gateway is subscribed at all ("no
+//! responders"), events wait in the outbox without spending attempts.
+//! After `max_attempts`, an event is logged once and marked `dropped` (kept
+//! for audit). State lives in the table, so whatever was not acknowledged
+//! before a crash is sent after the restart.
+
+use async_nats::{HeaderMap, RequestErrorKind};
+use chrono::{DateTime, Utc};
+use otako_common::proto::{
+    DispatchRequest, EventType, Roundtrip, COMMITTED_AT_HEADER, DISPATCH_SUBJECT,
+};
+use otako_common::telemetry;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tracing::{error, info_span, warn, Instrument};
+
+/// Pending rows read per query.
+const BATCH: i64 = 500;
+/// How often the outbox is read even without a wake-up (after a restart, for
+/// rows written by another process).
+const POLL: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Wait between tries while no gateway is subscribed.
+const NO_GATEWAY_WAIT: Duration = Duration::from_millis(200);
+
+/// Records an event in the caller's transaction, with the current trace so
+/// that its dispatch continues the request's trace.
+pub async fn enqueue(
+    tx: &mut Transaction<'static, Postgres>,
+    t: EventType,
+    channel_id: i64,
+    data: Value,
+) -> Result<i64, sqlx::Error> {
+    let traceparent = telemetry::traceparent(&tracing::Span::current());
+    sqlx::query_scalar(
+        "INSERT INTO outbox (event_type, channel_id, data, traceparent) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(t.as_str())
+    .bind(channel_id)
+    .bind(data)
+    .bind(traceparent)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Pending {
+    id: i64,
+    event_type: String,
+    channel_id: i64,
+    data: Value,
+    traceparent: Option<String>,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    pool: PgPool,
+    nats: async_nats::Client,
+    max_attempts: u32,
+    timeout: Duration,
+    backoff: Duration,
+}
+
+/// A channel's queue and how many of its events are queued or in flight;
+/// only the reader adds to it, so zero means the worker is idle.
+struct ChannelQueue {
+    tx: mpsc::UnboundedSender<Pending>,
+    outstanding: Arc<AtomicUsize>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        pool: PgPool,
+        nats: async_nats::Client,
+        max_attempts: u32,
+        timeout: Duration,
+        backoff: Duration,
+    ) -> Dispatcher {
+        Dispatcher {
+            pool,
+            nats,
+            max_attempts: max_attempts.max(1),
+            timeout,
+            backoff,
+        }
+    }
+
+    /// Reads pending events in id order and hands each to its channel's
+    /// worker. Runs forever; database faults are retried.
+    pub async fn run(self, wake: Arc<Notify>) {
+        let mut queues: HashMap<i64, ChannelQueue> = HashMap::new();
+        // Everything up to here has been handed to a worker already.
+        let mut last_id = 0i64;
+        loop {
+            let rows: Result<Vec<Pending>, _> = sqlx::query_as(
+                "SELECT id, event_type, channel_id, data, traceparent, attempts, created_at \
+                 FROM outbox WHERE status = 'pending' AND id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(last_id)
+            .bind(BATCH)
+            .fetch_all(&self.pool)
+            .await;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!(error = %e, "could not read the outbox; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let full = rows.len() as i64 == BATCH;
+            for row in rows {
+                last_id = row.id;
+                let q = queues
+                    .entry(row.channel_id)
+                    .or_insert_with(|| self.spawn_worker());
+                q.outstanding.fetch_add(1, Ordering::AcqRel);
+                // A worker only exits when its queue is dropped below, so the
+                // send cannot fail.
+                let _ = q.tx.send(row);
+            }
+            // Idle workers end when their queue is dropped.
+            queues.retain(|_, q| q.outstanding.load(Ordering::Acquire) > 0);
+            metrics::gauge!("otako_outbox_channels_active").set(queues.len() as f64);
+            if !full {
+                let _ = tokio::time::timeout(POLL, wake.notified()).await;
+            }
+        }
+    }
+
+    fn spawn_worker(&self) -> ChannelQueue {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let counter = outstanding.clone();
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                this.deliver(event).await;
+                counter.fetch_sub(1, Ordering::AcqRel);
+            }
+        });
+        ChannelQueue { tx, outstanding }
+    }
+
+    /// Sends one event until it is acknowledged or out of attempts.
+    async fn deliver(&self, event: Pending) {
+        let mut attempts = event.attempts.max(0) as u32;
+        let mut last_error = String::new();
+        while attempts < self.max_attempts {
+            let span = info_span!(
+                "outbox.dispatch",
+                otel.name = "dispatch attempt",
+                event_id = event.id,
+                t = %event.event_type,
+                attempt = attempts + 1,
+            );
+            telemetry::continue_from_traceparent(&span, event.traceparent.as_deref());
+            match self.attempt(&event).instrument(span).await {
+                Ok(()) => {
+                    self.finish(event.id, "delivered", attempts + 1, None).await;
+                    metrics::counter!("otako_outbox_delivered_total").increment(1);
+                    return;
+                }
+                Err(AttemptError::NoGateway) => {
+                    // Nobody to ask: wait without spending an attempt.
+                    tokio::time::sleep(NO_GATEWAY_WAIT).await;
+                    continue;
+                }
+                Err(AttemptError::Failed(e)) => {
+                    attempts += 1;
+                    metrics::counter!("otako_outbox_failed_attempts_total").increment(1);
+                    last_error = e;
+                    let backoff = self.backoff_for(attempts);
+                    self.record_attempt(event.id, attempts, &last_error, backoff)
+                        .await;
+                    if attempts < self.max_attempts {
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+        }
+        error!(
+            event_id = event.id,
+            t = %event.event_type,
+            channel_id = event.channel_id,
+            data = %event.data,
+            attempts,
+            last_error,
+            "dropping event: not delivered after the maximum number of attempts"
+        );
+        metrics::counter!("otako_outbox_dropped_total").increment(1);
+        self.finish(event.id, "dropped", attempts, Some(&last_error))
+            .await;
+    }
+
+    fn backoff_for(&self, attempts: u32) -> Duration {
+        let exp = self.backoff.saturating_mul(1u32 << (attempts - 1).min(16));
+        let capped = exp.min(MAX_BACKOFF);
+        // Up to 20% jitter, so retries of many channels do not beat in step.
+        capped.mul_f64(1.0 + rand::random::<f64>() * 0.2)
+    }
+
+    async fn attempt(&self, event: &Pending) -> Result<(), AttemptError> {
+        let t = event.event_type.clone();
+        let id = event.id.to_string();
+        let request = DispatchRequest {
+            t,
+            d: event.data.clone(),
+            op: 0,
+            s: Value::String(id.clone()),
+            event_id: Value::String(id),
+        };
+        let body = serde_json::to_vec(&request).expect("requests serialize");
+        let mut headers = HeaderMap::new();
+        telemetry::inject_nats(&tracing::Span::current(), &mut headers);
+        headers.insert(
+            COMMITTED_AT_HEADER,
+            event.created_at.timestamp_micros().to_string().as_str(),
+        );
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.nats
+                .request_with_headers(DISPATCH_SUBJECT, headers, body.into()),
+        )
+        .await;
+        let reply = match reply {
+            Err(_) => return Err(AttemptError::Failed("no answer in time".into())),
+            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
+                return Err(AttemptError::NoGateway)
+            }
+            Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => {
+                return Err(AttemptError::Failed("no answer in time".into()))
+            }
+            Ok(Err(e)) => return Err(AttemptError::Failed(format!("request failed: {e}"))),
+            Ok(Ok(msg)) => msg,
+        };
+        let answer: Roundtrip = serde_json::from_slice(&reply.payload)
+            .map_err(|e| AttemptError::Failed(format!("unreadable reply: {e}")))?;
+        if answer.success {
+            Ok(())
+        } else {
+            Err(AttemptError::Failed(
+                answer
+                    .error
+                    .unwrap_or_else(|| "gateway answered success:false".into()),
+            ))
+        }
+    }
+
+    async fn record_attempt(&self, id: i64, attempts: u32, error: &str, backoff: Duration) {
+        retry_db(|| {
+            sqlx::query(
+                "UPDATE outbox SET attempts = $2, last_error = $3, \
+                 next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(attempts as i32)
+            .bind(error)
+            .bind(backoff.as_secs_f64())
+            .execute(&self.pool)
+        })
+        .await;
+    }
+
+    async fn finish(&self, id: i64, status: &str, attempts: u32, error: Option<&str>) {
+        retry_db(|| {
+            sqlx::query(
+                "UPDATE outbox SET status = $2, attempts = $3, last_error = COALESCE($4, last_error), \
+                 finished_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(attempts as i32)
+            .bind(error)
+            .execute(&self.pool)
+        })
+        .await;
+    }
+}
+
+#[derive(Debug)]
+enum AttemptError {
+    NoGateway,
+    Failed(String),
+}
+
+/// Retries a state update until the database takes it: an outcome that is
+/// not recorded would be sent again after a restart, never lost.
+async fn retry_db<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, "could not record dispatch state; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// How much is waiting, for metrics and the health endpoint.
+pub async fn backlog(pool: &PgPool) -> Result<(i64, Option<f64>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 \
+         FROM outbox WHERE status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The whole local stack on loopback: NATS (JetStream), PostgreSQL, migrations,
+# two gateway nodes and the backend. Installs what is missing first.
+#
+#   deploy/scripts/stack.sh up      build, start everything, print how to use it
+#   deploy/scripts/stack.sh down    stop everything
+#   deploy/scripts/stack.sh status
+#
+# Ports: NATS 4222, PostgreSQL 5432 (OTAKO_PG_PORT), backend 8000, gateways
+# 8080/8081 (admin 9090/9091). State and logs live in .otako/.
+# OTAKO_PROFILE=debug builds faster, runs slower (default: release).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+profile="${OTAKO_PROFILE:-release}"
+pg_port="${OTAKO_PG_PORT:-5432}"
+nats_port="${OTAKO_NATS_PORT:-4222}"
+run="$OTAKO_STATE/run"
+logs="$OTAKO_STATE/logs"
+target="${CARGO_TARGET_DIR:-$OTAKO_ROOT/target}/$profile"
+export OTAKO_DEV=1
+export OTAKO_NATS_URL="nats://127.0.0.1:$nats_port"
+export DATABASE_URL="postgres://otako@127.0.0.1:$pg_port/otako"
+
+start_bg() { # name, command...
+  local name="$1"; shift
+  if [ -f "$run/$name.pid" ] && kill -0 "$(cat "$run/$name.pid")" 2>/dev/null; then
+    log "$name already running"; return 0
+  fi
+  nohup "$@" >"$logs/$name.log" 2>&1 &
+  echo $! >"$run/$name.pid"
+}
+
+wait_http() { # url, name
+  for _ in $(seq 1 300); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "$2 did not come up; see $logs/$2.log"; tail -20 "$logs/$2.log" >&2; exit 1
+}
+
+up() {
+  mkdir -p "$run" "$logs"
+  bash "$OTAKO_ROOT/deploy/scripts/install-deps.sh"
+  command -v curl >/dev/null || { apt-get install -y -qq curl >/dev/null; }
+  log "building ($profile)"
+  if [ "$profile" = release ]; then
+    (cd "$OTAKO_ROOT" && cargo build --release --bins -q)
+  else
+    (cd "$OTAKO_ROOT" && cargo build --bins -q)
+  fi
+  log "starting PostgreSQL on 127.0.0.1:$pg_port"
+  bash "$OTAKO_ROOT/deploy/scripts/postgres.sh" "$OTAKO_STATE/postgres" "$pg_port" >/dev/null
+  log "starting NATS on 127.0.0.1:$nats_port"
+  start_bg nats bash "$OTAKO_ROOT/deploy/scripts/nats.sh" "$nats_port" "$OTAKO_STATE/nats"
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+  log "applying migrations"
+  "$target/otako-gateway" migrate
+  for i in 1 2; do
+    OTAKO_NODE_ID="gateway-$i" OTAKO_GATEWAY_LISTEN="127.0.0.1:$((8079 + i))" \
+      OTAKO_ADMIN_LISTEN="127.0.0.1:$((9089 + i))" start_bg "gateway-$i" "$target/otako-gateway"
+  done
+  OTAKO_HTTP_LISTEN=127.0.0.1:8000 start_bg backend "$target/otako-backend-shim"
+  wait_http http://127.0.0.1:9090/readyz gateway-1
+  wait_http http://127.0.0.1:9091/readyz gateway-2
+  wait_http http://127.0.0.1:8000/healthz backend
+  cat <<USAGE
+
+Otako is up: backend http://127.0.0.1:8000, gateways ws://127.0.0.1:8080/gateway
+and ws://127.0.0.1:8081/gateway (admin :9090 and :9091), NATS :$nats_port,
+PostgreSQL :$pg_port. Logs: $logs/. Stop it: deploy/scripts/stack.sh down
+
+Try it (copy and paste):
+
+  alice=\$(curl -s -XPOST localhost:8000/users -H 'content-type: application/json' -d '{"username":"alice_'\$RANDOM'"}')
+  token=\$(echo "\$alice" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  channel=\$(curl -s -XPOST localhost:8000/channels -H "authorization: \$token" -H 'content-type: application/json' -d '{"name":"general"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+
+  # watch the session in one terminal (or in the background, as here)
+  $OTAKO_VENV/bin/python deploy/scripts/watch.py "\$token" ws://127.0.0.1:8081/gateway &
+
+  # post a message: the session above receives EVENT_MESSAGE_CREATE
+  curl -s -XPOST localhost:8000/channels/\$channel/messages -H "authorization: \$token" \\
+       -H 'content-type: application/json' -d '{"content":"Hello! This is a message from the Otako client!","nonce":"87654GFGDS7544567FD"}'
+USAGE
+}
+
+down() {
+  for name in backend gateway-1 gateway-2 nats; do
+    if [ -f "$run/$name.pid" ]; then
+      pid="$(cat "$run/$name.pid")"
+      kill "$pid" 2>/dev/null && log "stopping $name"
+      for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$run/$name.pid"
+    fi
+  done
+  bash "$OTAKO_ROOT/deploy/scripts/postgres.sh" stop "$OTAKO_STATE/postgres"
+  log "stopped"
+}
+
+status() {
+  for name in nats gateway-1 gateway-2 backend; do
+    if [ -f "$run/$name.pid" ] && kill -0 "$(cat "$run/$name.pid")" 2>/dev/null; then
+      echo "$name: running (pid $(cat "$run/$name.pid"))"
+    else
+      echo "$name: stopped"
+    fi
+  done
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
