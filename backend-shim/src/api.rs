@@ -33,6 +33,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// Wakes the dispatcher right after a commit, so events go out at once.
     pub outbox_wake: Arc<Notify>,
+    /// What the pings of the gateway cluster show.
+    pub gateways: tokio::sync::watch::Receiver<otako_common::service::PeerStatus>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -48,6 +48,10 @@ pub struct Args {
     #[arg(long, env = "OTAKO_DISPATCH_BACKOFF_MS", default_value_t = 250)]
     pub dispatch_backoff_ms: u64,
 
+    /// How often the gateways are pinged ($SRV.PING.otako-gateway).
+    #[arg(long, env = "OTAKO_PING_INTERVAL_MS", default_value_t = 5000)]
+    pub ping_interval_ms: u64,
+
     /// Lifetime of issued tokens.
     #[arg(long, env = "OTAKO_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub token_ttl_secs: i64,

@@ -11,6 +11,11 @@ use serde_json::{json, Value};
 /// Healthy when the database answers; reports NATS and the outbox backlog.
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let gw = state.gateways.borrow().clone();
+    let gateways = json!({
+        "nodes": gw.nodes,
+        "ping_ms": gw.rtt.map(|d| d.as_secs_f64() * 1000.0),
+    });
     match outbox::backlog(&state.pool).await {
         Ok((pending, oldest)) => (
             StatusCode::OK,
@@ -19,6 +24,7 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
                 "database": true,
                 "nats": nats,
                 "outbox": {"pending": pending, "oldest_pending_seconds": oldest},
+                "gateways": gateways,
             })),
         ),
         Err(e) => (

@@ -11,8 +11,10 @@ use anyhow::Context;
 use axum::routing::get;
 use clap::Parser;
 use config::{Args, Command};
-use otako_common::{telemetry, token};
+use otako_common::{service, telemetry, token};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -40,6 +42,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
 
+    let (gateways_tx, gateways) = tokio::sync::watch::channel(service::PeerStatus::default());
+    tokio::spawn(service::watch_peers(
+        nats.clone(),
+        service::GATEWAY_SERVICE,
+        Duration::from_millis(args.ping_interval_ms),
+        gateways_tx,
+    ));
     let wake = Arc::new(Notify::new());
     let state = api::AppState {
         pool: pool.clone(),
@@ -47,14 +56,32 @@ async fn main() -> anyhow::Result<()> {
         token_ttl_secs: args.token_ttl_secs,
         nats: nats.clone(),
         outbox_wake: wake.clone(),
+        gateways: gateways.clone(),
     };
     let dispatcher = outbox::Dispatcher::new(
         pool,
-        nats,
+        nats.clone(),
         args.dispatch_max_attempts,
         args.dispatch_timeout(),
         args.dispatch_backoff(),
+        gateways,
     );
+    let stats = dispatcher.stats.clone();
+    let node_id = format!("backend-{}", std::process::id());
+    let _service = service::register(
+        &nats,
+        service::BACKEND_SERVICE,
+        &node_id,
+        "Otako HTTP backend: writes, outbox, dispatch",
+        move || {
+            serde_json::json!({
+                "delivered": stats.delivered.load(Ordering::Relaxed),
+                "dropped": stats.dropped.load(Ordering::Relaxed),
+                "failed_attempts": stats.failed_attempts.load(Ordering::Relaxed),
+            })
+        },
+    )
+    .await?;
     tokio::spawn(dispatcher.run(wake));
 
     let app = api::router(state.clone())

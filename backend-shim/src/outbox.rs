@@ -19,14 +19,15 @@ use chrono::{DateTime, Utc};
 use otako_common::proto::{
     DispatchRequest, EventType, Roundtrip, COMMITTED_AT_HEADER, DISPATCH_SUBJECT,
 };
+use otako_common::service::PeerStatus;
 use otako_common::telemetry;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{error, info_span, warn, Instrument};
 
 /// Pending rows read per query.
@@ -69,6 +70,14 @@ struct Pending {
     created_at: DateTime<Utc>,
 }
 
+/// Live figures for `$SRV.STATS`.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed_attempts: AtomicU64,
+}
+
 #[derive(Clone)]
 pub struct Dispatcher {
     pool: PgPool,
@@ -76,6 +85,9 @@ pub struct Dispatcher {
     max_attempts: u32,
     timeout: Duration,
     backoff: Duration,
+    /// How many gateways answer pings; attempts wait while none does.
+    gateways: watch::Receiver<PeerStatus>,
+    pub stats: Arc<DispatchStats>,
 }
 
 /// A channel's queue and how many of its events are queued or in flight;
@@ -92,6 +104,7 @@ impl Dispatcher {
         max_attempts: u32,
         timeout: Duration,
         backoff: Duration,
+        gateways: watch::Receiver<PeerStatus>,
     ) -> Dispatcher {
         Dispatcher {
             pool,
@@ -99,7 +112,24 @@ impl Dispatcher {
             max_attempts: max_attempts.max(1),
             timeout,
             backoff,
+            gateways,
+            stats: Arc::default(),
         }
+    }
+
+    /// Waits while pings show that no gateway is there to ask.
+    async fn wait_for_gateway(&self) {
+        let mut rx = self.gateways.clone();
+        let status = rx.borrow().clone();
+        if status.known && status.nodes == 0 {
+            tracing::debug!("no gateway answers; holding events in the outbox");
+            let _ = rx.wait_for(|s| s.nodes > 0).await;
+        }
+    }
+
+    fn gateways_gone(&self) -> bool {
+        let s = self.gateways.borrow();
+        s.known && s.nodes == 0
     }
 
     /// Reads pending events in id order and hands each to its channel's
@@ -164,6 +194,7 @@ impl Dispatcher {
         let mut attempts = event.attempts.max(0) as u32;
         let mut last_error = String::new();
         while attempts < self.max_attempts {
+            self.wait_for_gateway().await;
             let span = info_span!(
                 "outbox.dispatch",
                 otel.name = "dispatch attempt",
@@ -176,8 +207,12 @@ impl Dispatcher {
                 Ok(()) => {
                     self.finish(event.id, "delivered", attempts + 1, None).await;
                     metrics::counter!("otako_outbox_delivered_total").increment(1);
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                // Unanswered while every gateway went away: not the
+                // event's fault, so no attempt is spent.
+                Err(AttemptError::Failed(_)) if self.gateways_gone() => continue,
                 Err(AttemptError::NoGateway) => {
                     // Nobody to ask: wait without spending an attempt.
                     tokio::time::sleep(NO_GATEWAY_WAIT).await;
@@ -186,6 +221,7 @@ impl Dispatcher {
                 Err(AttemptError::Failed(e)) => {
                     attempts += 1;
                     metrics::counter!("otako_outbox_failed_attempts_total").increment(1);
+                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     last_error = e;
                     let backoff = self.backoff_for(attempts);
                     self.record_attempt(event.id, attempts, &last_error, backoff)
@@ -206,6 +242,7 @@ impl Dispatcher {
             "dropping event: not delivered after the maximum number of attempts"
         );
         metrics::counter!("otako_outbox_dropped_total").increment(1);
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         self.finish(event.id, "dropped", attempts, Some(&last_error))
             .await;
     }

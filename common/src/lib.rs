@@ -3,5 +3,6 @@
 
 pub mod db;
 pub mod proto;
+pub mod service;
 pub mod telemetry;
 pub mod token;

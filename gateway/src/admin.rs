@@ -46,7 +46,7 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
 }
 
 async fn render_metrics(State(s): State<AdminState>) -> String {
-    metrics::gauge!("otako_sessions_open_now").set(s.node.hub.session_count() as f64);
+    metrics::gauge!("otako_sessions_open").set(s.node.hub.session_count() as f64);
     s.metrics.render()
 }
 

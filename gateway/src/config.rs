@@ -70,6 +70,10 @@ pub struct Args {
     #[arg(long, env = "OTAKO_JETSTREAM_REPLICAS", default_value_t = 1)]
     pub jetstream_replicas: usize,
 
+    /// How often the backend is pinged ($SRV.PING.otako-backend-shim).
+    #[arg(long, env = "OTAKO_PING_INTERVAL_MS", default_value_t = 5000)]
+    pub ping_interval_ms: u64,
+
     /// Apply database migrations before starting.
     #[arg(long)]
     pub migrate: bool,

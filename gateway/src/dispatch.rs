@@ -18,6 +18,7 @@ use otako_common::telemetry;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument, Span};
 
@@ -75,6 +76,9 @@ pub struct Dispatcher {
     delivered: kv::Store,
     delivered_here: moka::sync::Cache<String, ()>,
     node_id: String,
+    /// Requests answered and failed, for `$SRV.STATS`.
+    pub handled: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 impl Dispatcher {
@@ -97,6 +101,8 @@ impl Dispatcher {
                 .time_to_live(DELIVERED_TTL)
                 .build(),
             node_id,
+            handled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         })
     }
 
@@ -136,12 +142,14 @@ impl Dispatcher {
             Err(e) => Err(EventError::NotJson(e.to_string())),
         };
         span.record("success", result.is_ok());
+        self.handled.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("otako_dispatch_requests_total", "t" => t_label).increment(1);
         metrics::histogram!("otako_dispatch_duration_seconds", "t" => t_label)
             .record(started.elapsed().as_secs_f64());
 
         if let Err(err) = &result {
             metrics::counter!("otako_dispatch_failed_total", "t" => t_label).increment(1);
+            self.failed.fetch_add(1, Ordering::Relaxed);
             let event = match parsed {
                 Ok(v) => v,
                 Err(_) => Value::String(String::from_utf8_lossy(&msg.payload).into_owned()),

@@ -228,7 +228,6 @@ impl Hub {
             .insert(id, handle.clone());
         idx.channels_of.insert(id, HashSet::new());
         drop(idx);
-        metrics::gauge!("otako_sessions_open").increment(1.0);
         (
             Registration {
                 hub: self.clone(),
@@ -276,7 +275,6 @@ impl Hub {
             }
         }
         drop(idx);
-        metrics::gauge!("otako_sessions_open").decrement(1.0);
     }
 
     pub fn session_count(&self) -> usize {

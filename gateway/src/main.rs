@@ -15,10 +15,11 @@ use anyhow::Context;
 use clap::Parser;
 use config::{Args, Command};
 use otako_common::proto::{FANOUT_SUBJECT, REVOKE_SUBJECT};
-use otako_common::{telemetry, token};
+use otako_common::{service, telemetry, token};
 use std::future::IntoFuture;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -95,6 +96,30 @@ async fn main() -> anyhow::Result<()> {
         .into_future(),
     );
 
+    let dispatcher = Arc::new(dispatcher);
+    let (backend_tx, _backend) = tokio::sync::watch::channel(service::PeerStatus::default());
+    tokio::spawn(service::watch_peers(
+        nats.clone(),
+        service::BACKEND_SERVICE,
+        Duration::from_millis(args.ping_interval_ms),
+        backend_tx,
+    ));
+    let stats = (hub.clone(), dispatcher.clone());
+    let nats_service = service::register(
+        &nats,
+        service::GATEWAY_SERVICE,
+        &node_id,
+        "Otako WebSocket gateway node",
+        move || {
+            serde_json::json!({
+                "sessions": stats.0.session_count(),
+                "events_handled": stats.1.handled.load(Ordering::Relaxed),
+                "events_failed": stats.1.failed.load(Ordering::Relaxed),
+            })
+        },
+    )
+    .await?;
+
     let stop_accepting = CancellationToken::new();
     let stop_dispatch = CancellationToken::new();
     tokio::spawn(server::accept_loop(
@@ -104,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let dispatch = tokio::spawn(server::dispatch_loop(
         server::subscribe_dispatch(&nats).await?,
-        Arc::new(dispatcher),
+        dispatcher,
         args.dispatch_concurrency,
         stop_dispatch.clone(),
     ));
@@ -119,6 +144,8 @@ async fn main() -> anyhow::Result<()> {
     stop_accepting.cancel();
     stop_dispatch.cancel();
     let _ = dispatch.await;
+    // Stop answering pings: the backend holds events rather than send them here.
+    let _ = nats_service.stop().await;
     info!("dispatch drained");
     server::drain_sessions(&hub, args.drain_window()).await;
     liveness.abort();

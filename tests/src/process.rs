@@ -57,6 +57,8 @@ impl Proc {
                 cmd.env_remove(&key);
             }
         }
+        // Plain-text logs, without terminal colour codes.
+        cmd.env("NO_COLOR", "1");
         cmd.env(
             "RUST_LOG",
             std::env::var("OTAKO_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),

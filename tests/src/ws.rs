@@ -322,6 +322,24 @@ impl WsClient {
         }
     }
 
+    /// Expects the session to be refused with `code`: a hello (op 10) may
+    /// come first (some checks need the database, after the upgrade), but
+    /// nothing else. Returns the close reason.
+    pub async fn expect_refused(&mut self, code: u16) -> String {
+        match self.next_incoming(ARRIVE).await {
+            Some(Incoming::Json(v)) if v["op"] == 10 => self.expect_close(code, ARRIVE).await,
+            Some(Incoming::Close(Some(c), reason)) if c == code => reason,
+            Some(other) => panic!(
+                "{}: expected to be refused with {code}, got {other:?}",
+                self.label
+            ),
+            None => panic!(
+                "{}: expected to be refused with {code}, nothing came",
+                self.label
+            ),
+        }
+    }
+
     /// Closes from the client side (normal closure) and waits briefly for
     /// the server's answer.
     pub async fn close(mut self) {
