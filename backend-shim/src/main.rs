@@ -115,8 +115,12 @@ async fn trace_request(
         http.method = %req.method(),
         http.path = %req.uri().path(),
         http.status = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     telemetry::continue_from_http(&span, req.headers());
+    if let Some(id) = telemetry::trace_id(&span, None) {
+        span.record("trace_id", id.as_str());
+    }
     let resp = next.run(req).instrument(span.clone()).await;
     span.record("http.status", resp.status().as_u16());
     resp

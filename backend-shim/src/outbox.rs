@@ -201,8 +201,12 @@ impl Dispatcher {
                 event_id = event.id,
                 t = %event.event_type,
                 attempt = attempts + 1,
+                trace_id = tracing::field::Empty,
             );
             telemetry::continue_from_traceparent(&span, event.traceparent.as_deref());
+            if let Some(id) = telemetry::trace_id(&span, event.traceparent.as_deref()) {
+                span.record("trace_id", id.as_str());
+            }
             match self.attempt(&event).instrument(span).await {
                 Ok(()) => {
                     self.finish(event.id, "delivered", attempts + 1, None).await;

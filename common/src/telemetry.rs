@@ -71,8 +71,16 @@ fn build_provider(service: &str) -> Result<SdkTracerProvider, TelemetryError> {
             std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned()),
         )
         .build();
+    // The exporters' HTTP and gRPC clients need a Tokio reactor, which the
+    // SDK's default batch thread lacks: batch on the runtime instead.
+    let batch =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(batch)
         .with_resource(resource)
         .build())
 }
@@ -207,6 +215,16 @@ pub fn trace_id(span: &tracing::Span, traceparent: Option<&str>) -> Option<Strin
         return Some(sc.trace_id().to_string());
     }
     traceparent_trace_id(traceparent?)
+}
+
+/// Fills the span's `trace_id` field, so log lines inside it carry the trace.
+pub fn record_trace_id(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    let tp = headers
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_owned());
+    if let Some(id) = trace_id(span, tp.as_deref()) {
+        span.record("trace_id", id.as_str());
+    }
 }
 
 /// Reads the trace id out of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).

@@ -115,8 +115,10 @@ impl Dispatcher {
             t = tracing::field::Empty,
             success = tracing::field::Empty,
             node = %self.node_id,
+            trace_id = tracing::field::Empty,
         );
         telemetry::continue_from_nats(&span, msg.headers.as_ref());
+        telemetry::record_trace_id(&span, msg.headers.as_ref());
         self.handle_in(msg, span.clone()).instrument(span).await
     }
 
@@ -159,6 +161,7 @@ impl Dispatcher {
         }
 
         if let Some(reply) = msg.reply {
+            let _roundtrip = info_span!("dispatch.reply", otel.name = "roundtrip reply").entered();
             let mut body =
                 Roundtrip::new(event_id, s, result.map(|_| ()).map_err(|e| e.to_string()));
             body.node = Some(self.node_id.clone());

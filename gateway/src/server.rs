@@ -98,8 +98,10 @@ pub async fn firehose_loop(mut sub: async_nats::Subscriber, hub: Arc<Hub>) {
             event_id = ev.event_id,
             channel_id = ev.channel_id,
             recipients = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
         telemetry::continue_from_nats(&span, msg.headers.as_ref());
+        telemetry::record_trace_id(&span, msg.headers.as_ref());
         let n = span.in_scope(|| hub.deliver(&ev, frame));
         span.record("recipients", n);
     }
