@@ -161,12 +161,16 @@ impl Dispatcher {
         }
 
         if let Some(reply) = msg.reply {
-            let _roundtrip = info_span!("dispatch.reply", otel.name = "roundtrip reply").entered();
             let mut body =
                 Roundtrip::new(event_id, s, result.map(|_| ()).map_err(|e| e.to_string()));
             body.node = Some(self.node_id.clone());
             let body = serde_json::to_vec(&body).expect("roundtrip serializes");
-            if let Err(e) = self.nats.publish(reply, body.into()).await {
+            let sent = self
+                .nats
+                .publish(reply, body.into())
+                .instrument(info_span!("dispatch.reply", otel.name = "roundtrip reply"))
+                .await;
+            if let Err(e) = sent {
                 warn!(error = %e, "could not send the roundtrip reply");
             }
         }
