@@ -163,6 +163,7 @@ async fn create_channel(
         return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
     }
     let mut tx = state.pool.begin().await?;
+    // A new channel has no other writers yet: no lock needed.
     let channel_id: i64 =
         sqlx::query_scalar("INSERT INTO channels (name, created_by) VALUES ($1, $2) RETURNING id")
             .bind(name)
@@ -219,6 +220,7 @@ async fn add_member(
     let (channel_id, user_id) = (id(&channel_id, "channel_id")?, id(&user_id, "user_id")?);
     require_member(&state.pool, channel_id, me.user_id).await?;
     let mut tx = state.pool.begin().await?;
+    outbox::lock_channel(&mut tx, channel_id).await?;
     let user_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
         .bind(user_id)
         .fetch_one(&mut *tx)
@@ -263,6 +265,7 @@ async fn remove_member(
     let (channel_id, user_id) = (id(&channel_id, "channel_id")?, id(&user_id, "user_id")?);
     require_member(&state.pool, channel_id, me.user_id).await?;
     let mut tx = state.pool.begin().await?;
+    outbox::lock_channel(&mut tx, channel_id).await?;
     let removed = sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
         .bind(channel_id)
         .bind(user_id)
@@ -372,6 +375,7 @@ async fn create_message(
     }
     require_member(&state.pool, channel_id, me.user_id).await?;
     let mut tx = state.pool.begin().await?;
+    outbox::lock_channel(&mut tx, channel_id).await?;
     let inserted: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO messages (channel_id, author_id, content, nonce) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (author_id, nonce) WHERE nonce IS NOT NULL DO NOTHING \
@@ -438,6 +442,7 @@ async fn edit_message(
     check_content(&body.content)?;
     require_member(&state.pool, channel_id, me.user_id).await?;
     let mut tx = state.pool.begin().await?;
+    outbox::lock_channel(&mut tx, channel_id).await?;
     let row = load_message(&mut tx, channel_id, message_id).await?;
     if row.2 != me.user_id {
         return Err(ApiError::Forbidden("only the author may edit a message"));
@@ -486,6 +491,7 @@ async fn delete_message(
     );
     require_member(&state.pool, channel_id, me.user_id).await?;
     let mut tx = state.pool.begin().await?;
+    outbox::lock_channel(&mut tx, channel_id).await?;
     let row = load_message(&mut tx, channel_id, message_id).await?;
     if row.2 != me.user_id {
         return Err(ApiError::Forbidden("only the author may delete a message"));

@@ -23,21 +23,35 @@ use otako_common::service::PeerStatus;
 use otako_common::telemetry;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tracing::{error, info_span, warn, Instrument};
 
-/// Pending rows read per query.
-const BATCH: i64 = 500;
+/// Channels taken up per poll of the outbox.
+const MAX_CHANNELS_PER_POLL: i64 = 10_000;
 /// How often the outbox is read even without a wake-up (after a restart, for
 /// rows written by another process).
 const POLL: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Wait between tries while no gateway is subscribed.
 const NO_GATEWAY_WAIT: Duration = Duration::from_millis(200);
+
+/// Serialises writes to one channel: call first in every transaction that
+/// will enqueue an event for the channel. Rows and outbox ids of a channel are
+/// then assigned in commit order, which is the order clients see.
+pub async fn lock_channel(
+    tx: &mut Transaction<'static, Postgres>,
+    channel_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(channel_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 /// Records an event in the caller's transaction, with the current trace so
 /// that its dispatch continues the request's trace.
@@ -90,13 +104,6 @@ pub struct Dispatcher {
     pub stats: Arc<DispatchStats>,
 }
 
-/// A channel's queue and how many of its events are queued or in flight;
-/// only the reader adds to it, so zero means the worker is idle.
-struct ChannelQueue {
-    tx: mpsc::UnboundedSender<Pending>,
-    outstanding: Arc<AtomicUsize>,
-}
-
 impl Dispatcher {
     pub fn new(
         pool: PgPool,
@@ -132,61 +139,69 @@ impl Dispatcher {
         s.known && s.nodes == 0
     }
 
-    /// Reads pending events in id order and hands each to its channel's
-    /// worker. Runs forever; database faults are retried.
+    /// Finds channels with pending events and runs one worker per channel.
+    /// Runs forever; database faults are retried.
     pub async fn run(self, wake: Arc<Notify>) {
-        let mut queues: HashMap<i64, ChannelQueue> = HashMap::new();
-        // Everything up to here has been handed to a worker already.
-        let mut last_id = 0i64;
+        let active: Arc<Mutex<HashSet<i64>>> = Arc::default();
         loop {
-            let rows: Result<Vec<Pending>, _> = sqlx::query_as(
-                "SELECT id, event_type, channel_id, data, traceparent, attempts, created_at \
-                 FROM outbox WHERE status = 'pending' AND id > $1 ORDER BY id LIMIT $2",
+            let channels: Result<Vec<i64>, _> = sqlx::query_scalar(
+                "SELECT DISTINCT channel_id FROM outbox WHERE status = 'pending' LIMIT $1",
             )
-            .bind(last_id)
-            .bind(BATCH)
+            .bind(MAX_CHANNELS_PER_POLL)
             .fetch_all(&self.pool)
             .await;
-            let rows = match rows {
-                Ok(rows) => rows,
+            match channels {
+                Ok(channels) => {
+                    for channel_id in channels {
+                        if active.lock().expect("not poisoned").insert(channel_id) {
+                            let worker =
+                                self.clone()
+                                    .work_channel(channel_id, active.clone(), wake.clone());
+                            tokio::spawn(worker);
+                        }
+                    }
+                }
                 Err(e) => {
                     warn!(error = %e, "could not read the outbox; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
                 }
-            };
-            let full = rows.len() as i64 == BATCH;
-            for row in rows {
-                last_id = row.id;
-                let q = queues
-                    .entry(row.channel_id)
-                    .or_insert_with(|| self.spawn_worker());
-                q.outstanding.fetch_add(1, Ordering::AcqRel);
-                // A worker only exits when its queue is dropped below, so the
-                // send cannot fail.
-                let _ = q.tx.send(row);
             }
-            // Idle workers end when their queue is dropped.
-            queues.retain(|_, q| q.outstanding.load(Ordering::Acquire) > 0);
-            metrics::gauge!("otako_outbox_channels_active").set(queues.len() as f64);
-            if !full {
-                let _ = tokio::time::timeout(POLL, wake.notified()).await;
-            }
+            let busy = active.lock().expect("not poisoned").len();
+            metrics::gauge!("otako_outbox_channels_active").set(busy as f64);
+            let _ = tokio::time::timeout(POLL, wake.notified()).await;
         }
     }
 
-    fn spawn_worker(&self) -> ChannelQueue {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
-        let outstanding = Arc::new(AtomicUsize::new(0));
-        let counter = outstanding.clone();
-        let this = self.clone();
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                this.deliver(event).await;
-                counter.fetch_sub(1, Ordering::AcqRel);
+    /// Sends one channel's pending events, oldest first, one at a time, until
+    /// none is left. Writes to a channel are serialised ([`lock_channel`]), so
+    /// id order is commit order and a late commit always sorts last.
+    async fn work_channel(
+        self,
+        channel_id: i64,
+        active: Arc<Mutex<HashSet<i64>>>,
+        wake: Arc<Notify>,
+    ) {
+        loop {
+            let next: Result<Option<Pending>, _> = sqlx::query_as(
+                "SELECT id, event_type, channel_id, data, traceparent, attempts, created_at \
+                 FROM outbox WHERE status = 'pending' AND channel_id = $1 ORDER BY id LIMIT 1",
+            )
+            .bind(channel_id)
+            .fetch_optional(&self.pool)
+            .await;
+            match next {
+                Ok(Some(event)) => self.deliver(event).await,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, channel_id, "could not read the outbox; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
-        });
-        ChannelQueue { tx, outstanding }
+        }
+        active.lock().expect("not poisoned").remove(&channel_id);
+        // An event committed while this worker was finishing is picked up by
+        // the next poll; ask for it now rather than at the next tick.
+        wake.notify_one();
     }
 
     /// Sends one event until it is acknowledged or out of attempts.

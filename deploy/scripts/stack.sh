@@ -44,9 +44,9 @@ up() {
   command -v curl >/dev/null || { apt-get install -y -qq curl >/dev/null; }
   log "building ($profile)"
   if [ "$profile" = release ]; then
-    (cd "$OTAKO_ROOT" && cargo build --release --bins -q)
+    (cd "$OTAKO_ROOT" && cargo build --release -q -p otako-gateway -p otako-backend-shim)
   else
-    (cd "$OTAKO_ROOT" && cargo build --bins -q)
+    (cd "$OTAKO_ROOT" && cargo build -q -p otako-gateway -p otako-backend-shim)
   fi
   log "starting PostgreSQL on 127.0.0.1:$pg_port"
   bash "$OTAKO_ROOT/deploy/scripts/postgres.sh" "$OTAKO_STATE/postgres" "$pg_port" >/dev/null
