@@ -25,8 +25,10 @@ pub fn token_from_request(req: &Request) -> (Option<String>, bool) {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
+        .map(token::from_authorization)
+        .filter(|t| !t.is_empty())
     {
-        return (Some(token::from_authorization(auth).to_owned()), select);
+        return (Some(auth.to_owned()), select);
     }
     let from_protocol = protocols
         .iter()
@@ -105,6 +107,14 @@ mod tests {
             (Some("xyz".into()), true)
         );
         assert_eq!(token_from_request(&request(&[])), (None, false));
+        // An empty header does not hide a token in the subprotocol list.
+        assert_eq!(
+            token_from_request(&request(&[
+                ("authorization", ""),
+                ("sec-websocket-protocol", "otako.v1, otako.token.xyz")
+            ])),
+            (Some("xyz".into()), true)
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use otako_common::proto::{DispatchRequest, Roundtrip, DISPATCH_SUBJECT, ERRORS_STREAM};
+use otako_common::proto::{
+    DispatchRequest, Roundtrip, DISPATCH_SUBJECT, ERRORS_STREAM, TRACEPARENT_HEADER,
+};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -70,19 +72,31 @@ impl DispatchClient {
     /// Sends `body` as it is and parses the reply; panics if none comes or
     /// it is not an EVENT_ROUNDTRIP.
     pub async fn send(&self, body: impl Into<Bytes>) -> Reply {
+        self.send_with_headers(body, async_nats::HeaderMap::new())
+            .await
+    }
+
+    /// Like [`DispatchClient::send`], with a W3C `traceparent` header.
+    pub async fn send_traced(&self, body: impl Into<Bytes>, traceparent: &str) -> Reply {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TRACEPARENT_HEADER, traceparent);
+        self.send_with_headers(body, headers).await
+    }
+
+    pub async fn send_with_headers(
+        &self,
+        body: impl Into<Bytes>,
+        headers: async_nats::HeaderMap,
+    ) -> Reply {
         let body: Bytes = body.into();
-        let msg = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.client.request(DISPATCH_SUBJECT, body.clone()),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "no reply to {:?} within {REQUEST_TIMEOUT:?}",
-                String::from_utf8_lossy(&body)
-            )
-        })
-        .unwrap_or_else(|e| panic!("request {:?} failed: {e}", String::from_utf8_lossy(&body)));
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        let request = self
+            .client
+            .request_with_headers(DISPATCH_SUBJECT, headers, body);
+        let msg = tokio::time::timeout(REQUEST_TIMEOUT, request)
+            .await
+            .unwrap_or_else(|_| panic!("no reply to {shown:?} within {REQUEST_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("request {shown:?} failed: {e}"));
         let raw: Value = serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
             panic!(
                 "reply is not JSON ({e}): {:?}",
@@ -142,6 +156,27 @@ impl DispatchClient {
             records.push(v);
         }
         records
+    }
+
+    /// How many records `OTAKO_ERRORS` holds (0 when it does not exist yet).
+    pub async fn error_count(&self) -> u64 {
+        match self.js.get_stream(ERRORS_STREAM).await {
+            Ok(mut stream) => {
+                stream
+                    .info()
+                    .await
+                    .unwrap_or_else(|e| panic!("reading {ERRORS_STREAM}'s info: {e}"))
+                    .state
+                    .messages
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                0
+            }
+            Err(e) => panic!("looking up {ERRORS_STREAM}: {e}"),
+        }
     }
 
     /// The records of one event id.

@@ -95,12 +95,23 @@ async fn run_script(script: &str, args: &[&str]) -> String {
     stdout
 }
 
-/// A free TCP port on loopback (bound, read, released).
+static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A free TCP port on loopback (bound, read, released). Never the same one
+/// twice in this process, so parallel tests do not pick a port another test
+/// was given but has not bound yet.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral port")
-        .port()
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("binding an ephemeral port")
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 static NAMES: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);

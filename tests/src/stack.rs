@@ -135,7 +135,12 @@ impl StackBuilder {
     pub async fn build(self) -> Stack {
         let name = unique_test_name(self.name.as_deref());
         let logs = fresh_dir(&state_dir().join("logs").join(&name));
-        let run = fresh_dir(&state_dir().join("run").join(&name));
+        // Data of this run only: the same test may run in two processes at once.
+        let run = fresh_dir(&state_dir().join("run").join(format!(
+            "{}-{}",
+            name.replace('/', "."),
+            std::process::id()
+        )));
         // Independent of each other: start NATS while the database is made.
         let nats = async {
             if self.nats_servers == 1 {
@@ -162,6 +167,7 @@ impl StackBuilder {
             backend_config: self.backend_config,
             backend_port: free_port(),
             gateways_started: 0,
+            run,
         };
         // Gateways first: the backend dispatches what it finds pending at once.
         let starting: Vec<_> = (0..self.gateways).map(|_| stack.spawn_gateway()).collect();
@@ -276,6 +282,23 @@ pub struct Stack {
     /// The backend keeps its port across restarts, so `api()` stays valid.
     backend_port: u16,
     gateways_started: usize,
+    /// NATS stores; removed when the test passes.
+    run: PathBuf,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // Stop what writes there before removing it.
+        self.gateways.clear();
+        self.backend = None;
+        for i in 0..self.nats.len() {
+            self.nats.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.run);
+    }
 }
 
 impl Stack {

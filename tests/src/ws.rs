@@ -280,6 +280,12 @@ impl WsClient {
             .await;
     }
 
+    /// Sends a heartbeat with the given `d`.
+    pub async fn heartbeat_with(&mut self, d: Value) {
+        self.send_text(&serde_json::json!({"op": 1, "d": d}).to_string())
+            .await;
+    }
+
     /// Sends a heartbeat and expects `{"op":11}` back.
     pub async fn heartbeat_acked(&mut self) {
         self.heartbeat().await;

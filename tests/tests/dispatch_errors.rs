@@ -159,14 +159,18 @@ async fn malformed_and_unknown_events_fail_and_the_node_keeps_serving() {
     );
     assert_eq!(reply.raw["s"], json!(14), "a numeric s stays a number");
 
-    // A known t with a bad d.
+    // A known t with a bad d, sent inside a trace: its record names the trace.
     let bad_d_id = fresh_event_id();
+    let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
     let reply = sender
-        .send_event(
-            "EVENT_MESSAGE_CREATE",
-            json!({"id": 3, "channel_id": "1"}),
-            json!("4"),
-            json!(bad_d_id),
+        .send_traced(
+            event_body(
+                "EVENT_MESSAGE_CREATE",
+                json!({"id": 3, "channel_id": "1"}),
+                json!("4"),
+                json!(bad_d_id),
+            ),
+            &format!("00-{trace_id}-00f067aa0ba902b7-01"),
         )
         .await;
     assert!(!reply.success(), "{}", reply.raw);
@@ -183,6 +187,8 @@ async fn malformed_and_unknown_events_fail_and_the_node_keeps_serving() {
     assert_eq!(records[0]["event"], json!(garbage));
     assert_eq!(records[1]["event_id"], json!(unknown_id));
     assert_eq!(records[1]["event"]["t"], "EVENT_NOPE");
+    assert_eq!(records[3]["event_id"], json!(bad_d_id));
+    assert_eq!(records[3]["trace_id"], json!(trace_id));
 
     // The node still serves: a valid event succeeds and reaches the member.
     let db = &stack.db;
@@ -223,5 +229,5 @@ async fn malformed_and_unknown_events_fail_and_the_node_keeps_serving() {
     );
     client.expect_no_dispatch(QUIET).await;
     // No new record for a success.
-    assert_eq!(sender.error_records().await.len(), 4);
+    assert_eq!(sender.error_count().await, 4);
 }
