@@ -136,7 +136,10 @@ impl Dispatcher {
             ),
             Err(_) => (Value::Null, Value::Null, "unknown"),
         };
-        span.record("event_id", tracing::field::display(&event_id));
+        match &event_id {
+            Value::String(id) => span.record("event_id", id.as_str()),
+            other => span.record("event_id", other.to_string().as_str()),
+        };
         span.record("t", t_label);
 
         let result = match &parsed {

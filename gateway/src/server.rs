@@ -103,7 +103,8 @@ pub async fn firehose_loop(mut sub: async_nats::Subscriber, hub: Arc<Hub>) {
         telemetry::continue_from_nats(&span, msg.headers.as_ref());
         telemetry::record_trace_id(&span, msg.headers.as_ref());
         let n = span.in_scope(|| hub.deliver(&ev, frame));
-        span.record("recipients", n);
+        // As i64: the OpenTelemetry bridge exports u64 fields as strings.
+        span.record("recipients", n as i64);
     }
 }
 

@@ -191,6 +191,14 @@ impl Session {
                 biased;
                 _ = handle.kicked.notified() => {
                     let code = handle.kick_code().unwrap_or(close::INTERNAL);
+                    if code == Kick::Reconnect as u16 {
+                        // A restart is no reason to lose what is already queued.
+                        while let Ok(frame) = queue.try_recv() {
+                            if self.write_batch(frame, &mut queue).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
                     return self.kicked(code).await;
                 }
                 frame = queue.recv() => {

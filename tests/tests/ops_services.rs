@@ -47,7 +47,10 @@ async fn stats(
         .await
         .into_iter()
         .map(|(node, answer)| {
-            assert_eq!(answer["type"], "io.nats.micro.v1.stats_response", "{answer}");
+            assert_eq!(
+                answer["type"], "io.nats.micro.v1.stats_response",
+                "{answer}"
+            );
             assert_eq!(answer["name"], service, "{answer}");
             (node, stats_data(&answer))
         })
@@ -74,7 +77,10 @@ async fn both_binaries_answer_as_nats_services_with_live_figures() {
         assert_eq!(p["version"], VERSION, "{node}: {p}");
         assert!(p["id"].as_str().is_some_and(|s| !s.is_empty()), "{p}");
     }
-    assert_ne!(pings["gw-1"]["id"], pings["gw-2"]["id"], "distinct instances");
+    assert_ne!(
+        pings["gw-1"]["id"], pings["gw-2"]["id"],
+        "distinct instances"
+    );
     let backend = backend_node(&client).await;
     assert!(backend.starts_with("backend-"), "{backend}");
 
@@ -229,7 +235,12 @@ async fn events_wait_while_no_gateway_answers_and_all_arrive_in_order() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let m = Metrics::fetch(&backend_url("/metrics")).await;
-    assert_eq!(m.get("otako_outbox_pending", &[]), Some(100.0), "{}", m.text);
+    assert_eq!(
+        m.get("otako_outbox_pending", &[]),
+        Some(100.0),
+        "{}",
+        m.text
+    );
     assert!(
         m.get("otako_outbox_oldest_pending_seconds", &[])
             .is_some_and(|s| s >= 3.0),
@@ -306,14 +317,13 @@ async fn an_event_that_keeps_failing_is_dropped_after_x_attempts_and_logged_once
         .post_message(&alice.token, &channel, "about to vanish", None)
         .await;
     let message_id: i64 = message["id"].as_str().unwrap().parse().unwrap();
-    let event_id: i64 = sqlx::query_scalar(
-        "SELECT id FROM outbox WHERE event_type = $1 AND data->>'id' = $2",
-    )
-    .bind(CREATE)
-    .bind(message_id.to_string())
-    .fetch_one(stack.db.pool())
-    .await
-    .unwrap();
+    let event_id: i64 =
+        sqlx::query_scalar("SELECT id FROM outbox WHERE event_type = $1 AND data->>'id' = $2")
+            .bind(CREATE)
+            .bind(message_id.to_string())
+            .fetch_one(stack.db.pool())
+            .await
+            .unwrap();
     let deleted = sqlx::query("DELETE FROM messages WHERE id = $1")
         .bind(message_id)
         .execute(stack.db.pool())
@@ -351,7 +361,9 @@ async fn an_event_that_keeps_failing_is_dropped_after_x_attempts_and_logged_once
     assert_eq!(row.0, "dropped", "{row:?}");
     assert_eq!(row.1, 3, "dropped after exactly X = 3 attempts: {row:?}");
     assert!(
-        row.2.as_deref().is_some_and(|e| e.contains("does not exist")),
+        row.2
+            .as_deref()
+            .is_some_and(|e| e.contains("does not exist")),
         "{row:?}"
     );
     // The channel's other event (the creator's member-add) went through.
@@ -371,7 +383,9 @@ async fn an_event_that_keeps_failing_is_dropped_after_x_attempts_and_logged_once
     );
     // …and recorded once in the sink, by the gateway that failed it first.
     let dispatch = stack.dispatcher(0).await;
-    let records = dispatch.error_records_for(&json!(event_id.to_string())).await;
+    let records = dispatch
+        .error_records_for(&json!(event_id.to_string()))
+        .await;
     assert_eq!(records.len(), 1, "{records:#?}");
     assert!(
         records[0]["error"]
@@ -468,18 +482,24 @@ async fn each_side_sees_the_other_go_and_come_back() {
     // And comes back.
     let log_len = stack.gateway(0).log_text().len();
     stack.start_backend().await;
-    wait::until_true("the gateway to log that the backend is back", ARRIVE, || {
-        let text = stack.gateway(0).log_text();
-        async move {
-            text[log_len..]
-                .lines()
-                .any(|l| l.contains("instances answer pings") && l.contains(BACKEND))
-        }
-    })
+    wait::until_true(
+        "the gateway to log that the backend is back",
+        ARRIVE,
+        || {
+            let text = stack.gateway(0).log_text();
+            async move {
+                text[log_len..]
+                    .lines()
+                    .any(|l| l.contains("instances answer pings") && l.contains(BACKEND))
+            }
+        },
+    )
     .await;
-    wait::until_true("the gateway's metric to show the backend", ARRIVE, || async {
-        peer(&Metrics::fetch(&gw_metrics).await, BACKEND) == Some(1.0)
-    })
+    wait::until_true(
+        "the gateway's metric to show the backend",
+        ARRIVE,
+        || async { peer(&Metrics::fetch(&gw_metrics).await, BACKEND) == Some(1.0) },
+    )
     .await;
     // Said once each way, not on every ping.
     let text = stack.gateway(0).log_text();

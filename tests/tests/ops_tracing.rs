@@ -6,9 +6,7 @@
 //! exported at all.
 
 use otako_common::proto::{DISPATCH_SUBJECT, TRACEPARENT_HEADER};
-use otako_e2e::ops_support::{
-    fresh_traceparent, in_trace, port_is_free, Collector, SpanRecord,
-};
+use otako_e2e::ops_support::{fresh_traceparent, in_trace, port_is_free, Collector, SpanRecord};
 use otako_e2e::{fresh_event_id, Stack, WsClient, ARRIVE};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -203,7 +201,12 @@ async fn one_message_is_one_trace(transport: Transport) {
         handle.brief()
     );
     assert_eq!(handle.attr("success"), Some("true"), "{}", handle.brief());
-    assert_eq!(handle.attr_type("success"), Some("Bool"), "{}", handle.brief());
+    assert_eq!(
+        handle.attr_type("success"),
+        Some("Bool"),
+        "{}",
+        handle.brief()
+    );
     assert_eq!(
         handle.attr("t"),
         Some("EVENT_MESSAGE_CREATE"),
@@ -287,18 +290,14 @@ async fn failed_event_keeps_its_trace(stack: &Stack, collector: &Collector) {
     assert_eq!(reply["success"], false, "{reply}");
 
     let dispatch = stack.dispatcher(0).await;
-    let records = otako_e2e::wait::until(
-        "the failure record in OTAKO_ERRORS",
-        ARRIVE,
-        || {
-            let dispatch = dispatch.clone();
-            let id = json!(event_id);
-            async move {
-                let r = dispatch.error_records_for(&id).await;
-                Ok::<_, String>((!r.is_empty()).then_some(r))
-            }
-        },
-    )
+    let records = otako_e2e::wait::until("the failure record in OTAKO_ERRORS", ARRIVE, || {
+        let dispatch = dispatch.clone();
+        let id = json!(event_id);
+        async move {
+            let r = dispatch.error_records_for(&id).await;
+            Ok::<_, String>((!r.is_empty()).then_some(r))
+        }
+    })
     .await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(
