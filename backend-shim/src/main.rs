@@ -34,13 +34,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let secret = token::resolve_secret(args.token_secret.as_deref(), args.dev)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("otako-backend-shim")
-        .request_timeout(Some(args.dispatch_timeout()))
-        .event_callback(|event| async move { info!(%event, "nats connection") })
-        .connect(args.nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let nats = otako_common::nats::connect(
+        &args.nats_url,
+        "otako-backend-shim".into(),
+        Some(args.dispatch_timeout()),
+    )
+    .await?;
 
     let (gateways_tx, gateways) = tokio::sync::watch::channel(service::PeerStatus::default());
     tokio::spawn(service::watch_peers(

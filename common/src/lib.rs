@@ -2,6 +2,7 @@
 //! types, signed tokens, the database schema and how telemetry is set up.
 
 pub mod db;
+pub mod nats;
 pub mod proto;
 pub mod service;
 pub mod telemetry;

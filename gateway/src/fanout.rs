@@ -142,6 +142,9 @@ struct Index {
     by_channel: HashMap<i64, HashMap<u64, Arc<SessionHandle>>>,
     by_user: HashMap<i64, HashMap<u64, Arc<SessionHandle>>>,
     channels_of: HashMap<u64, HashSet<i64>>,
+    /// Sessions still loading their channel list, with the membership changes
+    /// that reached them meanwhile: these win over the (possibly older) list.
+    loading: HashMap<u64, HashMap<i64, bool>>,
 }
 
 impl Index {
@@ -227,6 +230,7 @@ impl Hub {
             .or_default()
             .insert(id, handle.clone());
         idx.channels_of.insert(id, HashSet::new());
+        idx.loading.insert(id, HashMap::new());
         drop(idx);
         (
             Registration {
@@ -237,10 +241,15 @@ impl Hub {
         )
     }
 
+    /// Joins the channels the session's user was a member of when its list
+    /// was read, except where a membership event since says otherwise.
     pub fn join_channels(&self, session: &Arc<SessionHandle>, channels: &[i64]) {
         let mut idx = self.index.write();
+        let changed = idx.loading.remove(&session.id).unwrap_or_default();
         for &c in channels {
-            idx.join(session, c);
+            if changed.get(&c) != Some(&false) {
+                idx.join(session, c);
+            }
         }
     }
 
@@ -258,6 +267,7 @@ impl Hub {
 
     fn unregister(&self, s: &SessionHandle) {
         let mut idx = self.index.write();
+        idx.loading.remove(&s.id);
         if let Some(chs) = idx.channels_of.remove(&s.id) {
             for c in chs {
                 if let Some(members) = idx.by_channel.get_mut(&c) {
@@ -319,6 +329,9 @@ impl Hub {
                     .unwrap_or_default();
                 for s in &sessions {
                     idx.join(s, ev.channel_id);
+                    if let Some(changed) = idx.loading.get_mut(&s.id) {
+                        changed.insert(ev.channel_id, true);
+                    }
                 }
                 drop(idx);
                 self.offer_channel(ev.channel_id, &frame, None)
@@ -338,6 +351,9 @@ impl Hub {
                 idx = self.index.write();
                 for s in &user_sessions {
                     idx.leave(s.id, ev.channel_id);
+                    if let Some(changed) = idx.loading.get_mut(&s.id) {
+                        changed.insert(ev.channel_id, false);
+                    }
                 }
                 n
             }
@@ -439,6 +455,24 @@ mod tests {
         assert_eq!(hub.deliver(&msg, Frame::new("M", &d)), 1);
         assert_eq!(std::iter::from_fn(|| rx_a.try_recv().ok()).count(), 3);
         assert_eq!(std::iter::from_fn(|| rx_b.try_recv().ok()).count(), 2);
+    }
+
+    #[test]
+    fn a_remove_during_loading_beats_the_older_channel_list() {
+        let hub = Hub::new(8);
+        let (a, _rx) = hub.register(1, 10, 0);
+        let d = raw("{}");
+        let rm = event("rm", EventType::ChannelMemberRemove, 5, Some(10), &d);
+        hub.deliver(&rm, Frame::new("R", &d));
+        let add = event("add", EventType::ChannelMemberAdd, 7, Some(10), &d);
+        hub.deliver(&add, Frame::new("A", &d));
+        // The list was read before both events were committed.
+        hub.join_channels(&a.handle, &[5, 6]);
+        assert_eq!(hub.channels_of(1), vec![6, 7]);
+        // Once loaded, events apply directly again.
+        let rm6 = event("rm6", EventType::ChannelMemberRemove, 6, Some(10), &d);
+        hub.deliver(&rm6, Frame::new("R", &d));
+        assert_eq!(hub.channels_of(1), vec![7]);
     }
 
     #[test]

@@ -18,9 +18,13 @@ use tracing::warn;
 
 const SESSIONS_BUCKET: &str = "otako_sessions";
 const NODES_BUCKET: &str = "otako_nodes";
-/// A node that stops refreshing its key is taken for dead after this.
-pub const NODE_TTL: Duration = Duration::from_secs(15);
-const NODE_REFRESH: Duration = Duration::from_secs(5);
+/// A node that stops refreshing its key is taken for dead after this. With
+/// the liveness cache and JetStream's expiry lag, a killed node's sessions
+/// stop counting within 15 s (docs/protocol.md).
+pub const NODE_TTL: Duration = Duration::from_secs(12);
+const NODE_REFRESH: Duration = Duration::from_secs(4);
+/// How long a liveness answer is reused.
+const ALIVE_CACHE: Duration = Duration::from_secs(1);
 const MAX_CAS_TRIES: usize = 16;
 
 pub struct Limiter {
@@ -76,7 +80,7 @@ impl Limiter {
             sessions,
             nodes,
             alive: moka::future::Cache::builder()
-                .time_to_live(Duration::from_secs(2))
+                .time_to_live(ALIVE_CACHE)
                 .build(),
         }))
     }

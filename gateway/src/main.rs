@@ -14,6 +14,7 @@ mod sink;
 use anyhow::Context;
 use clap::Parser;
 use config::{Args, Command};
+use otako_common::nats::with_retries;
 use otako_common::proto::{FANOUT_SUBJECT, REVOKE_SUBJECT};
 use otako_common::{service, telemetry, token};
 use std::future::IntoFuture;
@@ -42,25 +43,31 @@ async fn main() -> anyhow::Result<()> {
     let node_id = args.node_id();
     let metrics = admin::install_metrics()?;
 
-    let nats = async_nats::ConnectOptions::new()
-        .name(format!("otako-gateway {node_id}"))
-        .event_callback(|event| async move { info!(%event, "nats connection") })
-        .connect(args.nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let nats =
+        otako_common::nats::connect(&args.nats_url, format!("otako-gateway {node_id}"), None)
+            .await?;
     let js = async_nats::jetstream::new(nats.clone());
     let replicas = args.jetstream_replicas;
-    let sink = sink::ErrorSink::connect(js.clone(), replicas).await?;
-    let dispatcher =
-        dispatch::Dispatcher::new(nats.clone(), pool.clone(), sink, replicas, node_id.clone())
-            .await
-            .map_err(anyhow::Error::msg)
-            .context("opening the delivered-events bucket")?;
-    let limiter =
+    let sink = with_retries("setting up the error sink", || {
+        sink::ErrorSink::connect(js.clone(), replicas)
+    })
+    .await?;
+    let dispatcher = with_retries("opening the delivered-events bucket", || {
+        dispatch::Dispatcher::new(
+            nats.clone(),
+            pool.clone(),
+            sink.clone(),
+            replicas,
+            node_id.clone(),
+        )
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let limiter = with_retries("opening the session-limit buckets", || {
         limit::Limiter::connect(&js, args.max_sessions_per_user, node_id.clone(), replicas)
-            .await
-            .map_err(anyhow::Error::msg)
-            .context("opening the session-limit buckets")?;
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
 
     let hub = fanout::Hub::new(args.session_queue);
     let node = Arc::new(server::Node::new(

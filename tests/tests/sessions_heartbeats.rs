@@ -78,7 +78,11 @@ async fn client_frames_are_capped_at_exactly_one_kib() {
     // 1024 bytes: still a heartbeat.
     let mut c = gw.connect(&token, "1024 bytes").await;
     c.send_text(&padded(1024)).await;
-    assert_eq!(c.next_json(ARRIVE).await, json!({"op": 11}), "a 1 KiB heartbeat is acknowledged");
+    assert_eq!(
+        c.next_json(ARRIVE).await,
+        json!({"op": 11}),
+        "a 1 KiB heartbeat is acknowledged"
+    );
     c.heartbeat_acked().await;
     c.close().await;
 

@@ -53,7 +53,8 @@ async fn a_client_that_stops_reading_is_closed_4011_and_delays_nobody() {
         Reader::open(gw1, &stack.token_for(members[1], "m2"), "m2@gw-1", beat).await,
         Reader::open(gw2, &stack.token_for(members[2], "m3"), "m3@gw-2", beat).await,
     ];
-    let stalled = StalledClient::connect(gw1, &stack.token_for(slow, "slowpoke"), "slowpoke@gw-1").await;
+    let stalled =
+        StalledClient::connect(gw1, &stack.token_for(slow, "slowpoke"), "slowpoke@gw-1").await;
     assert_eq!(stalled.ready["channels"], json!([channel.to_string()]));
 
     let rss_before = proc_status_kib(pid, "VmRSS");
@@ -122,7 +123,12 @@ async fn a_client_that_stops_reading_is_closed_4011_and_delays_nobody() {
         .await;
         let seen = r.seen().await;
         assert!(r.is_open(), "{}: closed: {:?}", r.label, seen.end);
-        assert_eq!(seen.count_of("EVENT_MESSAGE_CREATE"), EVENTS, "{}: duplicates", r.label);
+        assert_eq!(
+            seen.count_of("EVENT_MESSAGE_CREATE"),
+            EVENTS,
+            "{}: duplicates",
+            r.label
+        );
         let last = seen.events.last().unwrap().2;
         lags.push(format!(
             "{} {:.0} ms",
@@ -149,8 +155,14 @@ async fn a_client_that_stops_reading_is_closed_4011_and_delays_nobody() {
     let closed_4011 = metric(gw1, "otako_sessions_closed_total", &[("code", "4011")]).await;
     let other_node_4011 = metric(gw2, "otako_sessions_closed_total", &[("code", "4011")]).await;
     assert_eq!(slow_closes, 1.0, "exactly one session of gw-1 was too slow");
-    assert_eq!(closed_4011, 1.0, "exactly one session of gw-1 was closed with 4011");
-    assert_eq!(other_node_4011, 0.0, "no session of gw-2 was closed with 4011");
+    assert_eq!(
+        closed_4011, 1.0,
+        "exactly one session of gw-1 was closed with 4011"
+    );
+    assert_eq!(
+        other_node_4011, 0.0,
+        "no session of gw-2 was closed with 4011"
+    );
     for r in &readers {
         assert!(r.is_open(), "{} must still be open", r.label);
     }
@@ -162,7 +174,10 @@ async fn a_client_that_stops_reading_is_closed_4011_and_delays_nobody() {
         code.is_none() || code == Some(4011),
         "the stalled client's close frame says {code:?}, not 4011"
     );
-    assert!(frames < EVENTS, "the stalled client got all {frames} frames: it was not cut off");
+    assert!(
+        frames < EVENTS,
+        "the stalled client got all {frames} frames: it was not cut off"
+    );
 
     sampler.abort();
     let rss_after = proc_status_kib(pid, "VmRSS");

@@ -31,8 +31,7 @@ async fn tampered_expired_and_revoked_tokens_are_refused_on_every_node() {
     let mut flipped: Vec<char> = sig.chars().collect();
     flipped[5] = if flipped[5] == 'x' { 'y' } else { 'x' };
     let bad_signature = format!("{body}.{}", flipped.into_iter().collect::<String>());
-    let bobs_claims_alices_signature =
-        format!("{}.{sig}", bob.token.split_once('.').unwrap().0);
+    let bobs_claims_alices_signature = format!("{}.{sig}", bob.token.split_once('.').unwrap().0);
     let expired = TokenKey::new(TEST_SECRET).sign(&Claims {
         user_id: alice_id,
         username: "alice".into(),
@@ -128,7 +127,9 @@ async fn revoking_closes_the_users_open_sessions_on_every_node_within_the_bound(
     }
     let mut renewed = Vec::new();
     for gw in &stack.gateways {
-        let mut c = gw.connect(&fresh, &format!("alice renewed@{}", gw.node_id)).await;
+        let mut c = gw
+            .connect(&fresh, &format!("alice renewed@{}", gw.node_id))
+            .await;
         c.heartbeat_acked().await;
         renewed.push(c);
     }
