@@ -180,19 +180,45 @@ async fn create_channel(
         channel_id,
         user_id: me.user_id,
     };
-    outbox::enqueue(
-        &mut tx,
+    commit_with_event(
+        &state,
+        tx,
         EventType::ChannelMemberAdd,
         channel_id,
         member.to_data(),
     )
     .await?;
-    tx.commit().await?;
-    state.outbox_wake.notify_one();
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": channel_id.to_string(), "name": name})),
     ))
+}
+
+/// Starts a write to a channel the caller is a member of, holding the
+/// channel's write lock (see [`outbox::lock_channel`]).
+async fn begin_channel_write(
+    state: &AppState,
+    channel_id: i64,
+    caller: i64,
+) -> Result<Transaction<'static, Postgres>, ApiError> {
+    require_member(&state.pool, channel_id, caller).await?;
+    let mut tx = state.pool.begin().await?;
+    outbox::lock_channel(&mut tx, channel_id).await?;
+    Ok(tx)
+}
+
+/// Records the write's event, commits both, and wakes the dispatcher.
+async fn commit_with_event(
+    state: &AppState,
+    mut tx: Transaction<'static, Postgres>,
+    t: EventType,
+    channel_id: i64,
+    data: Value,
+) -> Result<(), ApiError> {
+    outbox::enqueue(&mut tx, t, channel_id, data).await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    Ok(())
 }
 
 /// 404 if the channel does not exist, 403 if the caller is not a member.
@@ -218,9 +244,7 @@ async fn add_member(
     Path((channel_id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (channel_id, user_id) = (id(&channel_id, "channel_id")?, id(&user_id, "user_id")?);
-    require_member(&state.pool, channel_id, me.user_id).await?;
-    let mut tx = state.pool.begin().await?;
-    outbox::lock_channel(&mut tx, channel_id).await?;
+    let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
     let user_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
         .bind(user_id)
         .fetch_one(&mut *tx)
@@ -242,18 +266,16 @@ async fn add_member(
             channel_id,
             user_id,
         };
-        outbox::enqueue(
-            &mut tx,
+        commit_with_event(
+            &state,
+            tx,
             EventType::ChannelMemberAdd,
             channel_id,
             member.to_data(),
         )
         .await?;
     }
-    tx.commit().await?;
-    if added {
-        state.outbox_wake.notify_one();
-    }
+    // Already a member: nothing was written, nothing to announce.
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -263,9 +285,7 @@ async fn remove_member(
     Path((channel_id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (channel_id, user_id) = (id(&channel_id, "channel_id")?, id(&user_id, "user_id")?);
-    require_member(&state.pool, channel_id, me.user_id).await?;
-    let mut tx = state.pool.begin().await?;
-    outbox::lock_channel(&mut tx, channel_id).await?;
+    let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
     let removed = sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
         .bind(channel_id)
         .bind(user_id)
@@ -280,15 +300,14 @@ async fn remove_member(
         channel_id,
         user_id,
     };
-    outbox::enqueue(
-        &mut tx,
+    commit_with_event(
+        &state,
+        tx,
         EventType::ChannelMemberRemove,
         channel_id,
         member.to_data(),
     )
     .await?;
-    tx.commit().await?;
-    state.outbox_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -373,9 +392,7 @@ async fn create_message(
             "nonce must be at most {MAX_NONCE_CHARS} characters"
         )));
     }
-    require_member(&state.pool, channel_id, me.user_id).await?;
-    let mut tx = state.pool.begin().await?;
-    outbox::lock_channel(&mut tx, channel_id).await?;
+    let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
     let inserted: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO messages (channel_id, author_id, content, nonce) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (author_id, nonce) WHERE nonce IS NOT NULL DO NOTHING \
@@ -403,15 +420,14 @@ async fn create_message(
         id: message_id,
         channel_id,
     };
-    outbox::enqueue(
-        &mut tx,
+    commit_with_event(
+        &state,
+        tx,
         EventType::MessageCreate,
         channel_id,
         event.to_data(),
     )
     .await?;
-    tx.commit().await?;
-    state.outbox_wake.notify_one();
     Ok(Json(message_object((
         message_id,
         channel_id,
@@ -440,9 +456,7 @@ async fn edit_message(
         id(&message_id, "message_id")?,
     );
     check_content(&body.content)?;
-    require_member(&state.pool, channel_id, me.user_id).await?;
-    let mut tx = state.pool.begin().await?;
-    outbox::lock_channel(&mut tx, channel_id).await?;
+    let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
     let row = load_message(&mut tx, channel_id, message_id).await?;
     if row.2 != me.user_id {
         return Err(ApiError::Forbidden("only the author may edit a message"));
@@ -458,15 +472,14 @@ async fn edit_message(
         id: message_id,
         channel_id,
     };
-    outbox::enqueue(
-        &mut tx,
+    commit_with_event(
+        &state,
+        tx,
         EventType::MessageUpdate,
         channel_id,
         event.to_data(),
     )
     .await?;
-    tx.commit().await?;
-    state.outbox_wake.notify_one();
     let (id, ch, author, username, _, nonce, created, _) = row;
     Ok(Json(message_object((
         id,
@@ -489,9 +502,7 @@ async fn delete_message(
         id(&channel_id, "channel_id")?,
         id(&message_id, "message_id")?,
     );
-    require_member(&state.pool, channel_id, me.user_id).await?;
-    let mut tx = state.pool.begin().await?;
-    outbox::lock_channel(&mut tx, channel_id).await?;
+    let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
     let row = load_message(&mut tx, channel_id, message_id).await?;
     if row.2 != me.user_id {
         return Err(ApiError::Forbidden("only the author may delete a message"));
@@ -504,15 +515,14 @@ async fn delete_message(
         id: message_id,
         channel_id,
     };
-    outbox::enqueue(
-        &mut tx,
+    commit_with_event(
+        &state,
+        tx,
         EventType::MessageDelete,
         channel_id,
         event.to_data(),
     )
     .await?;
-    tx.commit().await?;
-    state.outbox_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,6 +1,7 @@
 //! Command-line flags, each also an environment variable (see CONTRACT.md).
 
 use clap::{Parser, Subcommand};
+use otako_common::cli::parse_flag;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -69,14 +70,6 @@ pub struct Args {
 pub enum Command {
     /// Apply database migrations and exit.
     Migrate,
-}
-
-fn parse_flag(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "" | "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected 1 or 0, got {s:?}")),
-    }
 }
 
 impl Args {

@@ -22,15 +22,10 @@ use tracing::info;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = telemetry::init("otako-backend-shim", args.log_json)?;
-    let pool = otako_common::db::lazy_pool(&args.database_url, 32)?;
-    if args.migrate || matches!(args.command, Some(Command::Migrate)) {
-        otako_common::db::migrate(&pool)
-            .await
-            .context("applying migrations")?;
-        info!("migrations applied");
-        if args.command.is_some() {
-            return Ok(());
-        }
+    let migrate_only = matches!(args.command, Some(Command::Migrate));
+    let pool = otako_common::db::open(&args.database_url, 32, args.migrate || migrate_only).await?;
+    if migrate_only {
+        return Ok(());
     }
     let secret = token::resolve_secret(args.token_secret.as_deref(), args.dev)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;

@@ -19,3 +19,25 @@ pub fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error>
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy(url)
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("bad DATABASE_URL: {0}")]
+    Url(#[from] sqlx::Error),
+    #[error("applying migrations: {0}")]
+    Migrate(#[from] MigrateError),
+}
+
+/// Opens the pool and, when asked, applies the migrations first.
+pub async fn open(
+    url: &str,
+    max_connections: u32,
+    migrate_first: bool,
+) -> Result<PgPool, OpenError> {
+    let pool = lazy_pool(url, max_connections)?;
+    if migrate_first {
+        migrate(&pool).await?;
+        tracing::info!("migrations applied");
+    }
+    Ok(pool)
+}

@@ -29,15 +29,10 @@ use tracing::info;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = telemetry::init("otako-gateway", args.log_json)?;
-    let pool = otako_common::db::lazy_pool(&args.database_url, 16)?;
-    if args.migrate || matches!(args.command, Some(Command::Migrate)) {
-        otako_common::db::migrate(&pool)
-            .await
-            .context("applying migrations")?;
-        info!("migrations applied");
-        if args.command.is_some() {
-            return Ok(());
-        }
+    let migrate_only = matches!(args.command, Some(Command::Migrate));
+    let pool = otako_common::db::open(&args.database_url, 16, args.migrate || migrate_only).await?;
+    if migrate_only {
+        return Ok(());
     }
     let secret = token::resolve_secret(args.token_secret.as_deref(), args.dev)?;
     let node_id = args.node_id();

@@ -1,0 +1,263 @@
+//! What a run found: the JSON report, and the table printed at the end.
+
+use crate::latency::{LatencySummary, SecondPoint};
+use crate::plan::Plan;
+use crate::procfs::Machine;
+use crate::workload::SendSummary;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Memory of the servers once `sessions` were open.
+#[derive(Debug, Clone, Serialize)]
+pub struct RssPoint {
+    pub sessions: u64,
+    /// Summed over the system's server processes.
+    pub rss_kib: u64,
+    /// (rss − rss before any session) / sessions.
+    pub bytes_per_session: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveResult {
+    /// dispatch, http or nats-publish.
+    pub via: String,
+    pub rate: String,
+    pub window_seconds: f64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    /// Messages sent during the whole phase (warm-up included).
+    pub send: SendSummary,
+    pub latency_us: Option<LatencySummary>,
+    /// Deliveries whose content had no send stamp (not in the histogram).
+    pub unstamped: u64,
+    /// CPU of the system's server processes (gateways, or the peer's nats-server).
+    pub server_cpu_seconds: f64,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// CPU of the Otako stack's nats-server (the firehose), when known.
+    pub broker_cpu_us_per_delivery: Option<f64>,
+    /// The bench's own cost: the client processes, and the generator.
+    pub clients_cpu_us_per_delivery: Option<f64>,
+    pub generator_cpu_us_per_delivery: Option<f64>,
+    pub series: Vec<SecondPoint>,
+    /// (quantile, µs) pairs.
+    pub distribution: Vec<(f64, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemResult {
+    /// otako or nats-ws.
+    pub system: String,
+    pub sessions_opened: u64,
+    pub sessions_failed: u64,
+    pub sessions_held: u64,
+    pub open_errors: BTreeMap<String, u64>,
+    /// Session starts the node refused with 1011 and the client retried.
+    pub start_retries: u64,
+    pub connect_seconds: f64,
+    pub server_pids: Vec<u32>,
+    pub rss_baseline_kib: u64,
+    /// Per server process, after the last step (before any message).
+    pub rss_kib: Vec<u64>,
+    pub rss_bytes_per_session: Option<f64>,
+    pub rss_curve: Vec<RssPoint>,
+    pub drive: Option<DriveResult>,
+    /// How sessions ended, by close code or reason.
+    pub sessions_ended: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// Ours over theirs (higher is better for us).
+    pub deliveries_per_sec_ratio: Option<f64>,
+    /// Theirs over ours (higher is better for us).
+    pub cpu_per_delivery_ratio: Option<f64>,
+    pub rss_per_session_ratio: Option<f64>,
+    pub p99_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub started_at: String,
+    pub machine: Machine,
+    pub plan: Plan,
+    /// Otako's headline figures (also under `otako`).
+    pub sessions_held: u64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: Option<f64>,
+    pub latency_us: Option<LatencySummary>,
+    pub otako: SystemResult,
+    pub peer: Option<SystemResult>,
+    pub comparison: Option<Comparison>,
+    pub targets: Vec<TargetCheck>,
+    pub json: String,
+    pub png: Option<String>,
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+impl Comparison {
+    pub fn of(ours: &SystemResult, theirs: &SystemResult) -> Comparison {
+        let d = |s: &SystemResult| s.drive.as_ref().map(|d| d.deliveries_per_sec);
+        let cpu = |s: &SystemResult| s.drive.as_ref().and_then(|d| d.server_cpu_us_per_delivery);
+        let p99 = |s: &SystemResult| {
+            s.drive
+                .as_ref()
+                .and_then(|d| d.latency_us.map(|l| l.p99 as f64))
+        };
+        Comparison {
+            deliveries_per_sec_ratio: ratio(d(ours), d(theirs)),
+            cpu_per_delivery_ratio: ratio(cpu(theirs), cpu(ours)),
+            rss_per_session_ratio: ratio(theirs.rss_bytes_per_session, ours.rss_bytes_per_session),
+            p99_ratio: ratio(p99(theirs), p99(ours)),
+        }
+    }
+}
+
+pub fn write_json(report: &Report, path: &Path) -> Result<(), ReportError> {
+    let text = serde_json::to_string_pretty(report).expect("the report serializes");
+    std::fs::write(path, text + "\n").map_err(|source| ReportError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn ms(us: Option<u64>) -> String {
+    us.map_or_else(|| "-".into(), |v| format!("{:.2} ms", v as f64 / 1000.0))
+}
+
+/// The table printed at the end of a run.
+pub fn table(r: &Report) -> String {
+    let systems: Vec<&SystemResult> = std::iter::once(&r.otako).chain(r.peer.as_ref()).collect();
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |name: &str, f: &dyn Fn(&SystemResult) -> String| {
+        rows.push((name.to_owned(), systems.iter().map(|s| f(s)).collect()));
+    };
+    row("sessions held", &|s| s.sessions_held.to_string());
+    row("sessions failed", &|s| s.sessions_failed.to_string());
+    row("starts retried (1011)", &|s| s.start_retries.to_string());
+    row("connect time", &|s| format!("{:.1} s", s.connect_seconds));
+    row("server RSS", &|s| {
+        format!("{:.1} MiB", s.rss_kib.iter().sum::<u64>() as f64 / 1024.0)
+    });
+    row("RSS per session", &|s| {
+        opt(s.rss_bytes_per_session.map(|b| b / 1024.0), 2) + " KiB"
+    });
+    let d = |s: &SystemResult| s.drive.clone();
+    row("deliveries", &|s| {
+        d(s).map_or("-".into(), |d| d.deliveries.to_string())
+    });
+    row("deliveries/s", &|s| {
+        d(s).map_or("-".into(), |d| format!("{:.0}", d.deliveries_per_sec))
+    });
+    row("server CPU µs/delivery", &|s| {
+        opt(d(s).and_then(|d| d.server_cpu_us_per_delivery), 2)
+    });
+    row("broker CPU µs/delivery", &|s| {
+        opt(d(s).and_then(|d| d.broker_cpu_us_per_delivery), 2)
+    });
+    row("bench clients µs/delivery", &|s| {
+        opt(d(s).and_then(|d| d.clients_cpu_us_per_delivery), 2)
+    });
+    row("bench generator µs/delivery", &|s| {
+        opt(d(s).and_then(|d| d.generator_cpu_us_per_delivery), 2)
+    });
+    let lat = |s: &SystemResult| d(s).and_then(|d| d.latency_us);
+    row("latency p50", &|s| ms(lat(s).map(|l| l.p50)));
+    row("latency p99", &|s| ms(lat(s).map(|l| l.p99)));
+    row("latency p99.9", &|s| ms(lat(s).map(|l| l.p999)));
+    row("latency max", &|s| ms(lat(s).map(|l| l.max)));
+    row("send failures", &|s| {
+        d(s).map_or("-".into(), |d| d.send.failed.to_string())
+    });
+
+    let mut out = String::new();
+    let header: Vec<String> = systems.iter().map(|s| s.system.clone()).collect();
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(10);
+    let w = 16;
+    let _ = writeln!(
+        out,
+        "\n{} — {} sessions, {} node(s), layout {}, drive {:?}, rate {}",
+        r.scenario, r.plan.sessions, r.plan.nodes, r.plan.layout, r.plan.drive, r.plan.rate
+    );
+    let _ = write!(out, "{:w0$}", "");
+    for h in &header {
+        let _ = write!(out, "  {h:>w$}");
+    }
+    let _ = writeln!(out);
+    for (name, vals) in &rows {
+        let _ = write!(out, "{name:w0$}");
+        for v in vals {
+            let _ = write!(out, "  {v:>w$}");
+        }
+        let _ = writeln!(out);
+    }
+    for (label, s) in systems.iter().map(|s| (s.system.as_str(), s)) {
+        if !s.rss_curve.is_empty() {
+            let _ = write!(out, "{label} RSS curve:");
+            for p in &s.rss_curve {
+                let _ = write!(
+                    out,
+                    "  {}: {:.1} MiB ({:.2} KiB/session)",
+                    p.sessions,
+                    p.rss_kib as f64 / 1024.0,
+                    p.bytes_per_session / 1024.0
+                );
+            }
+            let _ = writeln!(out);
+        }
+    }
+    if let Some(c) = &r.comparison {
+        let _ = writeln!(
+            out,
+            "ours vs peer: deliveries/s ×{}, CPU per delivery ×{} less, RSS per session ×{} less, p99 ×{} lower",
+            opt(c.deliveries_per_sec_ratio, 2),
+            opt(c.cpu_per_delivery_ratio, 2),
+            opt(c.rss_per_session_ratio, 2),
+            opt(c.p99_ratio, 2)
+        );
+    }
+    for t in &r.targets {
+        let _ = writeln!(
+            out,
+            "[{}] {}: target {}, measured {}",
+            if t.met { "met" } else { "MISSED" },
+            t.name,
+            t.target,
+            t.measured
+        );
+    }
+    let _ = writeln!(out, "report: {}", r.json);
+    if let Some(p) = &r.png {
+        let _ = writeln!(out, "chart:  {p}");
+    }
+    out
+}

@@ -1,0 +1,178 @@
+//! The message rate: open loop (a fixed number of messages per second,
+//! round-robin over the channels) or closed loop (`max`: as fast as the
+//! system delivers, keeping a window of messages not yet fully delivered,
+//! judged from the client processes' receive counters).
+
+use crate::driver::{ChannelTarget, Sender};
+use crate::fleet::Fleet;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Sends in flight at once, at most; past it the generator falls behind
+/// (and says so in `max_lag_ms`).
+const MAX_IN_FLIGHT: usize = 2048;
+/// A closed loop that sees no delivery for this long stops waiting for the
+/// missing ones.
+const STALL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    PerSecond(f64),
+    /// Closed loop with this many messages' worth of deliveries outstanding.
+    Max {
+        window: u32,
+    },
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        if s == "max" {
+            return Ok(Rate::Max { window: 8 });
+        }
+        if let Some(w) = s.strip_prefix("max:") {
+            return w
+                .parse()
+                .map(|window| Rate::Max { window })
+                .map_err(|_| format!("bad window in {s:?}"));
+        }
+        match s.parse::<f64>() {
+            Ok(r) if r > 0.0 => Ok(Rate::PerSecond(r)),
+            _ => Err(format!(
+                "rate must be messages per second or max[:window], not {s:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rate::PerSecond(r) => write!(f, "{r}/s"),
+            Rate::Max { window } => write!(f, "max (window {window})"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct SendSummary {
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// How far the open-loop generator fell behind its schedule at worst.
+    pub max_lag_ms: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+pub struct Workload {
+    pub rate: Rate,
+    pub targets: Vec<ChannelTarget>,
+    /// Deliveries each target's message should make (closed loop only).
+    pub expected: Vec<f64>,
+    pub payload_len: usize,
+}
+
+/// Sends until `stop`; returns what was sent.
+pub async fn run(
+    sender: Arc<Sender>,
+    w: Workload,
+    fleet: Arc<Fleet>,
+    stop: CancellationToken,
+) -> SendSummary {
+    let counters = Arc::new(Counters::default());
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let targets: Arc<Vec<ChannelTarget>> = Arc::new(w.targets);
+    let mut next = 0usize;
+    let mut max_lag = Duration::ZERO;
+    let send_one = |i: usize, permit: tokio::sync::OwnedSemaphorePermit| {
+        let (sender, counters, targets) = (sender.clone(), counters.clone(), targets.clone());
+        let len = w.payload_len;
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            match sender.send(&targets[i], len).await {
+                Ok(()) => counters.ok.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    *counters.errors.lock().entry(e.label()).or_default() += 1;
+                    counters.failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            drop(permit);
+        });
+    };
+    let start = Instant::now();
+    match w.rate {
+        Rate::PerSecond(rate) => {
+            let mut sent = 0u64;
+            while !stop.is_cancelled() {
+                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                while sent < due {
+                    let scheduled = start + Duration::from_secs_f64(sent as f64 / rate);
+                    let permit = permits.clone().acquire_owned().await.expect("open");
+                    max_lag = max_lag.max(Instant::now().saturating_duration_since(scheduled));
+                    send_one(next, permit);
+                    next = (next + 1) % targets.len();
+                    sent += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Rate::Max { window } => {
+            let avg = w.expected.iter().sum::<f64>() / w.expected.len().max(1) as f64;
+            let budget = avg * f64::from(window.max(1));
+            let base = fleet.progress().await.map_or(0, |p| p.received);
+            let mut expected_sent = 0.0f64;
+            let mut last_received = 0u64;
+            let mut last_progress = Instant::now();
+            while !stop.is_cancelled() {
+                let Ok(p) = fleet.progress().await else { break };
+                let received = p.received.saturating_sub(base);
+                if received != last_received {
+                    last_received = received;
+                    last_progress = Instant::now();
+                } else if last_progress.elapsed() > STALL {
+                    // Deliveries went missing (sessions closed?): stop waiting for them.
+                    expected_sent = received as f64;
+                    last_progress = Instant::now();
+                }
+                let mut inflight = expected_sent - received as f64;
+                while inflight < budget && !stop.is_cancelled() {
+                    let permit = permits.clone().acquire_owned().await.expect("open");
+                    send_one(next, permit);
+                    expected_sent += w.expected[next];
+                    inflight += w.expected[next];
+                    next = (next + 1) % targets.len();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+    // Let the sends in flight finish (bounded), so their outcome is counted.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        permits.acquire_many(MAX_IN_FLIGHT as u32),
+    )
+    .await;
+    let errors = counters.errors.lock().clone();
+    SendSummary {
+        sent: counters.sent.load(Ordering::Relaxed),
+        ok: counters.ok.load(Ordering::Relaxed),
+        failed: counters.failed.load(Ordering::Relaxed),
+        errors,
+        max_lag_ms: max_lag.as_secs_f64() * 1e3,
+    }
+}

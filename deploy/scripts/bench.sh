@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs one benchmark of BENCHMARKS.md with one command: builds the release
+# binaries, then otako-bench starts its own stack (PostgreSQL, NATS, gateway
+# nodes, backend if needed, and nats-server's WebSocket listener as the
+# peer), measures, prints a table and writes report.json and report.png.
+#
+#   deploy/scripts/bench.sh idle|nodes|fanout|latency|latency-http|smoke [flags]
+#   deploy/scripts/bench.sh all          every scenario but smoke, in turn
+#
+# Results go to docs/bench/<scenario>/ (OTAKO_BENCH_OUT overrides the
+# folder); any further flags go to `otako-bench run` (see its --help), e.g.
+# --sessions 5000 --duration 10. Traffic stays on loopback.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$OTAKO_ROOT"
+
+scenario="${1:-}"
+case "$scenario" in
+  idle|nodes|fanout|latency|latency-http|smoke|all) shift ;;
+  *) echo "usage: $0 idle|nodes|fanout|latency|latency-http|smoke|all [otako-bench run flags]" >&2; exit 2 ;;
+esac
+
+log "building release binaries (otako-gateway, otako-backend-shim, otako-bench)"
+nice cargo build --release -q -p otako-gateway -p otako-backend-shim -p otako-bench
+bash deploy/scripts/install-deps.sh
+
+run_one() {
+  local s="$1"; shift
+  local out="${OTAKO_BENCH_OUT:-$OTAKO_ROOT/docs/bench/$s}"
+  log "benchmark: $s (results in $out)"
+  target/release/otako-bench run --scenario "$s" --out "$out" "$@"
+}
+
+if [ "$scenario" = all ]; then
+  for s in idle fanout latency latency-http nodes; do
+    OTAKO_BENCH_OUT="${OTAKO_BENCH_OUT:+$OTAKO_BENCH_OUT/$s}" run_one "$s" "$@"
+  done
+else
+  run_one "$scenario" "$@"
+fi
