@@ -11,8 +11,8 @@ use crate::sink::{self, ErrorSink};
 use async_nats::jetstream::{self, kv};
 use async_nats::{HeaderMap, Message};
 use otako_common::proto::{
-    self, EventDataError, EventType, MemberRef, MessageRef, Roundtrip, COMMITTED_AT_HEADER,
-    FANOUT_SUBJECT, TRACEPARENT_HEADER,
+    self, EventDataError, EventType, MemberRef, MessageRef, Roundtrip, ATTEMPT_HEADER,
+    COMMITTED_AT_HEADER, FANOUT_SUBJECT, TRACEPARENT_HEADER,
 };
 use otako_common::telemetry;
 use serde_json::value::RawValue;
@@ -192,7 +192,10 @@ impl Dispatcher {
             _ => return Err(EventError::BadEventId),
         };
         let key = sink::event_key(&event_id);
-        if self.already_delivered(&key).await {
+        let first_attempt = headers
+            .and_then(|h| h.get(ATTEMPT_HEADER))
+            .is_some_and(|v| v.as_str() == "1");
+        if self.already_delivered(&key, first_attempt).await {
             return Ok(Outcome::AlreadyDelivered);
         }
         let d = obj.get("d").unwrap_or(&Value::Null);
@@ -293,9 +296,12 @@ impl Dispatcher {
             .map_err(|e| EventError::Publish(e.to_string()))
     }
 
-    async fn already_delivered(&self, key: &str) -> bool {
+    async fn already_delivered(&self, key: &str, first_attempt: bool) -> bool {
         if self.delivered_here.contains_key(key) {
             return true;
+        }
+        if first_attempt {
+            return false;
         }
         // A KV fault is not a reason to fail the event: receivers drop
         // duplicates too, so the worst case is a wasted publish.

@@ -28,6 +28,8 @@ pub struct Node {
     pub limiter: SessionLimit,
     /// False while starting and while draining; `/readyz` reads it.
     pub ready: AtomicBool,
+    /// Resolved once: looking a metric up per frame costs more than recording.
+    pub commit_to_socket: metrics::Histogram,
     next_id: AtomicU64,
 }
 
@@ -48,6 +50,7 @@ impl Node {
             heartbeat_interval,
             limiter,
             ready: AtomicBool::new(false),
+            commit_to_socket: metrics::histogram!("otako_commit_to_socket_seconds"),
             next_id: AtomicU64::new(1),
         }
     }

@@ -8,13 +8,17 @@
 
 use crate::auth::{self, AuthError};
 use crate::db;
-use crate::fanout::{Frame, Kick};
+use crate::fanout::{Frame, Kick, Registration};
+use crate::limit::Lease;
 use crate::server::Node;
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
+use otako_common::token::Claims;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -37,7 +41,7 @@ pub fn ws_config() -> WebSocketConfig {
     // Small buffers keep an idle session cheap: tungstenite would otherwise
     // reserve 128 KiB of read buffer for every connection.
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(MAX_CLIENT_FRAME)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(MAX_CLIENT_FRAME))
@@ -74,22 +78,16 @@ fn is_heartbeat(text: &str) -> bool {
 
 type Ws = WebSocketStream<TcpStream>;
 
+// Memory per idle session is what limits a node, and an async fn keeps room
+// for its largest await point for as long as it lives. So every step that
+// holds a large future only briefly (the handshake, the database and KV
+// round trips of the start, writes and closes) runs boxed: freed once done,
+// it leaves an idle session holding little more than its select loop.
+
 pub async fn serve(stream: TcpStream, node: Arc<Node>) {
     let _ = stream.set_nodelay(true);
-    let mut token = None;
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        auth::handshake(&mut token),
-        Some(ws_config()),
-    );
-    let mut ws = match timeout(HANDSHAKE_TIMEOUT, upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
-        Err(_) => return debug!("handshake timed out"),
-    };
-    let claims = match auth::verify(&node.token_key, token.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return close(&mut ws, close::AUTH_FAILED, &e.to_string()).await,
+    let Some((ws, claims)) = Box::pin(upgrade(stream, &node)).await else {
+        return;
     };
     metrics::counter!("otako_sessions_opened_total").increment(1);
     let mut session = Session {
@@ -102,6 +100,41 @@ pub async fn serve(stream: TcpStream, node: Arc<Node>) {
     metrics::counter!("otako_sessions_closed_total", "code" => code.to_string()).increment(1);
 }
 
+/// The WebSocket handshake and the token check; a bad token is closed with 4004.
+async fn upgrade(stream: TcpStream, node: &Node) -> Option<(Ws, Claims)> {
+    let mut token = None;
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        auth::handshake(&mut token),
+        Some(ws_config()),
+    );
+    let mut ws = match timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            return None;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            return None;
+        }
+    };
+    match auth::verify(&node.token_key, token.as_deref()) {
+        Ok(claims) => Some((ws, claims)),
+        Err(e) => {
+            close(&mut ws, close::AUTH_FAILED, &e.to_string()).await;
+            None
+        }
+    }
+}
+
+/// What a started session holds until it ends.
+struct Started {
+    registration: Registration,
+    queue: mpsc::Receiver<Arc<Frame>>,
+    _lease: Option<Lease>,
+}
+
 struct Session {
     node: Arc<Node>,
     ws: Ws,
@@ -112,23 +145,30 @@ struct Session {
 
 impl Session {
     /// Runs the session to its end and returns the close code.
-    async fn run(&mut self, claims: otako_common::token::Claims) -> u16 {
+    async fn run(&mut self, claims: Claims) -> u16 {
+        match Box::pin(self.start(claims)).await {
+            Ok(started) => self.run_loop(started).await,
+            Err(code) => code,
+        }
+    }
+
+    /// HELLO, registration, the channel list, the session limit, READY.
+    async fn start(&mut self, claims: Claims) -> Result<Started, u16> {
         let interval = self.node.heartbeat_interval;
         let hello = serde_json::json!({"op": 10, "d": {
             "heartbeat_interval": interval.as_millis() as u64,
             "session_id": self.session_id,
         }});
         if self.send_now(hello.to_string()).await.is_err() {
-            return close::INTERNAL;
+            return Err(close::INTERNAL);
         }
         // Register before reading the channel list, so a member-add that
         // lands while the list loads is not lost.
         let id = self.node.next_session_id();
-        let (registration, mut queue) =
-            self.node
-                .hub
-                .register(id, claims.user_id, claims.generation);
-        let handle = registration.handle.clone();
+        let (registration, queue) = self
+            .node
+            .hub
+            .register(id, claims.user_id, claims.generation);
 
         let start = timeout(
             Duration::from_secs(5),
@@ -137,23 +177,20 @@ impl Session {
         .await;
         let start = match start {
             Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => return self.end(close::AUTH_FAILED, "user does not exist").await,
+            Ok(Ok(None)) => return Err(self.end(close::AUTH_FAILED, "user does not exist").await),
             Ok(Err(e)) => {
                 warn!(error = %e, "could not load the session's channels");
-                return self
-                    .end(close::INTERNAL, "database unavailable, reconnect later")
-                    .await;
+                let reason = "database unavailable, reconnect later";
+                return Err(self.end(close::INTERNAL, reason).await);
             }
             Err(_) => {
-                return self
-                    .end(close::INTERNAL, "database timed out, reconnect later")
-                    .await
+                let reason = "database timed out, reconnect later";
+                return Err(self.end(close::INTERNAL, reason).await);
             }
         };
         if start.token_generation != claims.generation {
-            return self
-                .end(close::AUTH_FAILED, &AuthError::Revoked.to_string())
-                .await;
+            let reason = AuthError::Revoked.to_string();
+            return Err(self.end(close::AUTH_FAILED, &reason).await);
         }
         if let Err(code) = self
             .node
@@ -161,10 +198,12 @@ impl Session {
             .admit(claims.user_id, &self.session_id)
             .await
         {
-            return self.end(code, "session limit reached").await;
+            return Err(self.end(code, "session limit reached").await);
         }
-        let _lease = self.node.limiter.lease(claims.user_id, &self.session_id);
-        self.node.hub.join_channels(&handle, &start.channels);
+        let lease = self.node.limiter.lease(claims.user_id, &self.session_id);
+        self.node
+            .hub
+            .join_channels(&registration.handle, &start.channels);
         let channels: Vec<String> = self
             .node
             .hub
@@ -179,9 +218,25 @@ impl Session {
             "channels": channels,
         }});
         if self.send_now(ready.to_string()).await.is_err() {
-            return close::INTERNAL;
+            return Err(close::INTERNAL);
         }
         debug!(session = %self.session_id, user = claims.user_id, "session ready");
+        Ok(Started {
+            registration,
+            queue,
+            _lease: lease,
+        })
+    }
+
+    /// Serves a started session until it ends; returns the close code.
+    async fn run_loop(&mut self, started: Started) -> u16 {
+        let Started {
+            registration,
+            mut queue,
+            _lease,
+        } = started;
+        let handle = &registration.handle;
+        let interval = self.node.heartbeat_interval;
 
         let mut deadline = Instant::now() + interval * 3 / 2;
         let mut window_start = Instant::now();
@@ -253,10 +308,18 @@ impl Session {
     }
 
     /// Writes `first` and whatever else is queued, then flushes once.
-    async fn write_batch(
+    fn write_batch<'a>(
+        &'a mut self,
+        first: Arc<Frame>,
+        queue: &'a mut mpsc::Receiver<Arc<Frame>>,
+    ) -> BoxFuture<'a, Result<(), u16>> {
+        Box::pin(self.write_batch_inner(first, queue))
+    }
+
+    async fn write_batch_inner(
         &mut self,
         first: Arc<Frame>,
-        queue: &mut tokio::sync::mpsc::Receiver<Arc<Frame>>,
+        queue: &mut mpsc::Receiver<Arc<Frame>>,
     ) -> Result<(), u16> {
         let mut batch = Vec::with_capacity(8);
         batch.push(first);
@@ -281,21 +344,28 @@ impl Session {
         let now_us = chrono::Utc::now().timestamp_micros();
         for frame in &batch {
             if let Some(at) = frame.committed_at_us {
-                metrics::histogram!("otako_commit_to_socket_seconds")
+                self.node
+                    .commit_to_socket
                     .record((now_us - at).max(0) as f64 / 1e6);
             }
         }
         Ok(())
     }
 
-    async fn send_now(&mut self, text: String) -> Result<(), ()> {
-        match timeout(WRITE_TIMEOUT, self.ws.send(Message::text(text))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
+    fn send_now(&mut self, text: String) -> BoxFuture<'_, Result<(), ()>> {
+        Box::pin(async move {
+            match timeout(WRITE_TIMEOUT, self.ws.send(Message::text(text))).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(()),
+            }
+        })
     }
 
-    async fn kicked(&mut self, code: u16) -> u16 {
+    fn kicked(&mut self, code: u16) -> BoxFuture<'_, u16> {
+        Box::pin(self.kicked_inner(code))
+    }
+
+    async fn kicked_inner(&mut self, code: u16) -> u16 {
         match Kick::from_code(code) {
             Some(Kick::Reconnect) => {
                 let _ = timeout(CLOSE_TIMEOUT, self.ws.send(Message::text(r#"{"op":7}"#))).await;
@@ -311,12 +381,14 @@ impl Session {
         }
     }
 
-    async fn end(&mut self, code: u16, reason: &str) -> u16 {
-        close(&mut self.ws, code, reason).await;
-        if code != close::RESTART {
-            info!(session = %self.session_id, code, reason, "session closed");
-        }
-        code
+    fn end<'a>(&'a mut self, code: u16, reason: &'a str) -> BoxFuture<'a, u16> {
+        Box::pin(async move {
+            close(&mut self.ws, code, reason).await;
+            if code != close::RESTART {
+                info!(session = %self.session_id, code, reason, "session closed");
+            }
+            code
+        })
     }
 }
 
