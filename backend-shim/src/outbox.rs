@@ -17,7 +17,7 @@
 use async_nats::{HeaderMap, RequestErrorKind};
 use chrono::{DateTime, Utc};
 use otako_common::proto::{
-    DispatchRequest, EventType, Roundtrip, ATTEMPT_HEADER, COMMITTED_AT_HEADER, DISPATCH_SUBJECT,
+    DispatchRequest, EventType, Roundtrip, COMMITTED_AT_HEADER, DISPATCH_SUBJECT,
 };
 use otako_common::service::PeerStatus;
 use otako_common::telemetry;
@@ -222,7 +222,7 @@ impl Dispatcher {
             if let Some(id) = telemetry::trace_id(&span, event.traceparent.as_deref()) {
                 span.record("trace_id", id.as_str());
             }
-            match self.attempt(&event, attempts + 1).instrument(span).await {
+            match self.attempt(&event).instrument(span).await {
                 Ok(()) => {
                     self.finish(event.id, "delivered", attempts + 1, None).await;
                     metrics::counter!("otako_outbox_delivered_total").increment(1);
@@ -273,7 +273,7 @@ impl Dispatcher {
         capped.mul_f64(1.0 + rand::random::<f64>() * 0.2)
     }
 
-    async fn attempt(&self, event: &Pending, attempt: u32) -> Result<(), AttemptError> {
+    async fn attempt(&self, event: &Pending) -> Result<(), AttemptError> {
         let t = event.event_type.clone();
         let id = event.id.to_string();
         let request = DispatchRequest {
@@ -286,7 +286,6 @@ impl Dispatcher {
         let body = serde_json::to_vec(&request).expect("requests serialize");
         let mut headers = HeaderMap::new();
         telemetry::inject_nats(&tracing::Span::current(), &mut headers);
-        headers.insert(ATTEMPT_HEADER, attempt.to_string().as_str());
         headers.insert(
             COMMITTED_AT_HEADER,
             event.created_at.timestamp_micros().to_string().as_str(),

@@ -22,10 +22,6 @@ pub const ERRORS_SUBJECT: &str = "otako.errors";
 /// Header carrying the backend's commit time in unix microseconds, so the
 /// gateway can measure commit-to-socket latency.
 pub const COMMITTED_AT_HEADER: &str = "Otako-Committed-At";
-/// Which attempt of the sender this request is (1 for the first). A first
-/// attempt cannot have been delivered before, so the gateway skips the
-/// delivered-marks lookup for it.
-pub const ATTEMPT_HEADER: &str = "Otako-Attempt";
 /// W3C trace context header.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 

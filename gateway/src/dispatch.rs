@@ -8,11 +8,10 @@
 use crate::db::{self, DbError};
 use crate::fanout::FanoutEvent;
 use crate::sink::{self, ErrorSink};
-use async_nats::jetstream::{self, kv};
 use async_nats::{HeaderMap, Message};
 use otako_common::proto::{
-    self, EventDataError, EventType, MemberRef, MessageRef, Roundtrip, ATTEMPT_HEADER,
-    COMMITTED_AT_HEADER, FANOUT_SUBJECT, TRACEPARENT_HEADER,
+    self, EventDataError, EventType, MemberRef, MessageRef, Roundtrip, COMMITTED_AT_HEADER,
+    FANOUT_SUBJECT, TRACEPARENT_HEADER,
 };
 use otako_common::telemetry;
 use serde_json::value::RawValue;
@@ -22,10 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument, Span};
 
-/// Marks of events already fanned out, so a retry is answered without a
-/// second delivery.
-const DELIVERED_BUCKET: &str = "otako_delivered";
-/// The contract promises at least ten minutes.
+/// How long this node remembers the events it published, so a retry that
+/// comes back to it is answered without a second publish. Retries that reach
+/// another node are published again and dropped by every receiving node,
+/// which remembers routed event ids just as long (`fanout::DEDUP_WINDOW`).
 const DELIVERED_TTL: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +72,6 @@ pub struct Dispatcher {
     nats: async_nats::Client,
     pool: PgPool,
     sink: ErrorSink,
-    delivered: kv::Store,
     delivered_here: moka::sync::Cache<String, ()>,
     node_id: String,
     /// Requests answered and failed, for `$SRV.STATS`.
@@ -82,20 +80,16 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub async fn new(
+    pub fn new(
         nats: async_nats::Client,
         pool: PgPool,
         sink: ErrorSink,
-        replicas: usize,
         node_id: String,
-    ) -> Result<Dispatcher, String> {
-        let js = jetstream::new(nats.clone());
-        let delivered = sink::open_bucket(&js, DELIVERED_BUCKET, DELIVERED_TTL, replicas).await?;
-        Ok(Dispatcher {
+    ) -> Dispatcher {
+        Dispatcher {
             nats,
             pool,
             sink,
-            delivered,
             delivered_here: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(DELIVERED_TTL)
@@ -103,7 +97,7 @@ impl Dispatcher {
             node_id,
             handled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Handles one request and answers it.
@@ -192,10 +186,7 @@ impl Dispatcher {
             _ => return Err(EventError::BadEventId),
         };
         let key = sink::event_key(&event_id);
-        let first_attempt = headers
-            .and_then(|h| h.get(ATTEMPT_HEADER))
-            .is_some_and(|v| v.as_str() == "1");
-        if self.already_delivered(&key, first_attempt).await {
+        if self.delivered_here.contains_key(&key) {
             return Ok(Outcome::AlreadyDelivered);
         }
         let d = obj.get("d").unwrap_or(&Value::Null);
@@ -296,27 +287,8 @@ impl Dispatcher {
             .map_err(|e| EventError::Publish(e.to_string()))
     }
 
-    async fn already_delivered(&self, key: &str, first_attempt: bool) -> bool {
-        if self.delivered_here.contains_key(key) {
-            return true;
-        }
-        if first_attempt {
-            return false;
-        }
-        // A KV fault is not a reason to fail the event: receivers drop
-        // duplicates too, so the worst case is a wasted publish.
-        matches!(self.delivered.get(key).await, Ok(Some(_)))
-    }
-
     fn mark_delivered(&self, key: String) {
-        self.delivered_here.insert(key.clone(), ());
-        let kv = self.delivered.clone();
-        let node = self.node_id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = kv.put(&key, node.into()).await {
-                warn!(error = %e, key, "could not mark event delivered");
-            }
-        });
+        self.delivered_here.insert(key, ());
     }
 
     async fn log_failure(

@@ -47,17 +47,7 @@ async fn main() -> anyhow::Result<()> {
         sink::ErrorSink::connect(js.clone(), replicas)
     })
     .await?;
-    let dispatcher = with_retries("opening the delivered-events bucket", || {
-        dispatch::Dispatcher::new(
-            nats.clone(),
-            pool.clone(),
-            sink.clone(),
-            replicas,
-            node_id.clone(),
-        )
-    })
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let dispatcher = dispatch::Dispatcher::new(nats.clone(), pool.clone(), sink, node_id.clone());
     let limiter = with_retries("opening the session-limit buckets", || {
         limit::Limiter::connect(&js, args.max_sessions_per_user, node_id.clone(), replicas)
     })

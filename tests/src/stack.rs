@@ -52,7 +52,10 @@ impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig {
             max_attempts: 5,
-            timeout_ms: 2_000,
+            // Generous: several tests assert that every event went through on
+            // its first attempt, and a loaded 2-core CI machine can take a
+            // while to answer; tests about timeouts set their own.
+            timeout_ms: 10_000,
             backoff_ms: 100,
             extra_env: Vec::new(),
         }
