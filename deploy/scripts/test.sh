@@ -17,6 +17,6 @@ cargo build --workspace --bins -q
 log "cargo test"
 # End-to-end tests mostly wait on sockets; a few more threads than cores
 # keeps the suite short without starving the servers under test.
-cargo test --workspace -q -- --test-threads="${OTAKO_TEST_THREADS:-3}"
+cargo test --workspace -q --no-fail-fast -- --test-threads="${OTAKO_TEST_THREADS:-3}"
 log "chart and container tests"
 bash deploy/scripts/test-helm.sh

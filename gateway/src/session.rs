@@ -415,3 +415,47 @@ mod tests {
         assert!(!is_heartbeat("hello"));
     }
 }
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    fn sz<T>(_: &T) -> usize {
+        std::mem::size_of::<T>()
+    }
+    #[tokio::test]
+    async fn probe() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://x@127.0.0.1:1/x")
+            .unwrap();
+        let hub = crate::fanout::Hub::new(8);
+        let node = Arc::new(Node::new(
+            "n".into(),
+            hub.clone(),
+            pool,
+            otako_common::token::TokenKey::new("s"),
+            Duration::from_secs(30),
+            crate::limit::SessionLimit(None),
+        ));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let f = serve(s, node.clone());
+        eprintln!("serve future {}", sz(&f));
+        let ws = WebSocketStream::from_raw_socket(c, tokio_tungstenite::tungstenite::protocol::Role::Server, None).await;
+        eprintln!("Ws {}", std::mem::size_of::<Ws>());
+        let mut session = Session { node: node.clone(), ws, seq: 0, session_id: String::new() };
+        let (registration, queue) = hub.register(1, 1, 0);
+        eprintln!("Session {}", std::mem::size_of::<Session>());
+        eprintln!("Started {}", std::mem::size_of::<Started>());
+        eprintln!("notified {}", sz(&registration.handle.kicked.notified()));
+        eprintln!("sleep {}", sz(&tokio::time::sleep(Duration::from_secs(1))));
+        let started = Started { registration, queue, _lease: None };
+        {
+            let r = session.run_loop(started);
+            eprintln!("run_loop {}", sz(&r));
+        }
+        let claims = Claims { user_id: 1, username: "u".into(), generation: 0, expires_at: 0 };
+        let r = session.run(claims);
+        eprintln!("run {}", sz(&r));
+    }
+}
