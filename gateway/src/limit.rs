@@ -19,12 +19,12 @@ use tracing::warn;
 const SESSIONS_BUCKET: &str = "otako_sessions";
 const NODES_BUCKET: &str = "otako_nodes";
 /// A node that stops refreshing its key is taken for dead after this. With
-/// the liveness cache and JetStream's expiry lag, a killed node's sessions
-/// stop counting within 15 s (docs/protocol.md).
+/// JetStream's expiry lag, a killed node's sessions stop counting within
+/// 15 s (docs/protocol.md).
 pub const NODE_TTL: Duration = Duration::from_secs(12);
 const NODE_REFRESH: Duration = Duration::from_secs(4);
-/// How long a liveness answer is reused.
-const ALIVE_CACHE: Duration = Duration::from_secs(1);
+/// How long a node found dead is taken for dead without asking again.
+const DEAD_CACHE: Duration = Duration::from_secs(1);
 const MAX_CAS_TRIES: usize = 16;
 
 pub struct Limiter {
@@ -32,8 +32,8 @@ pub struct Limiter {
     node_id: String,
     sessions: kv::Store,
     nodes: kv::Store,
-    /// Recent liveness answers, so a burst of connects asks once per node.
-    alive: moka::future::Cache<String, bool>,
+    /// Nodes recently found dead, so a burst of connects asks once per node.
+    dead: moka::sync::Cache<String, ()>,
 }
 
 /// Releases the session's place when the session ends.
@@ -79,8 +79,9 @@ impl Limiter {
             node_id,
             sessions,
             nodes,
-            alive: moka::future::Cache::builder()
-                .time_to_live(ALIVE_CACHE)
+            dead: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(DEAD_CACHE)
                 .build(),
         }))
     }
@@ -105,14 +106,18 @@ impl Limiter {
         if node == self.node_id {
             return true;
         }
-        let nodes = self.nodes.clone();
-        self.alive
-            .get_with(node.to_owned(), async move {
-                // On a fault, count the session: better one session too few
-                // than a limit that does not hold.
-                !matches!(nodes.get(node).await, Ok(None))
-            })
-            .await
+        // Only deaths are remembered: a remembered "alive" would keep a node
+        // that just exited counting for a while.
+        if self.dead.contains_key(node) {
+            return false;
+        }
+        // On a fault, count the session: better one session too few than a
+        // limit that does not hold.
+        let alive = !matches!(self.nodes.get(node).await, Ok(None));
+        if !alive {
+            self.dead.insert(node.to_owned(), ());
+        }
+        alive
     }
 
     /// Takes a place for the session, or answers with close code 4010.
