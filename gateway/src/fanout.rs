@@ -12,14 +12,15 @@
 //! splices its own `s` in between.
 
 use otako_common::proto::EventType;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 /// What the handling node publishes on the firehose.
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,18 +76,8 @@ pub enum Kick {
     OverLimit = 4010,
     /// The node is draining: op 7, then close 1012.
     Reconnect = 1012,
-}
-
-/// The part of a session the hub holds: where to queue its frames and how to
-/// stop it.
-#[derive(Debug)]
-pub struct SessionHandle {
-    pub id: u64,
-    pub user_id: i64,
-    pub token_generation: i32,
-    tx: mpsc::Sender<Arc<Frame>>,
-    kick_code: AtomicU16,
-    pub kicked: Notify,
+    /// No heartbeat for 1.5 intervals (4009), found by the node's sweep.
+    HeartbeatTimeout = 4009,
 }
 
 impl Kick {
@@ -96,10 +87,45 @@ impl Kick {
             Kick::Revoked,
             Kick::OverLimit,
             Kick::Reconnect,
+            Kick::HeartbeatTimeout,
         ]
         .into_iter()
         .find(|k| *k as u16 == code)
     }
+}
+
+/// Milliseconds on one process-wide clock, for heartbeat deadlines: a u64
+/// in each session's handle is cheaper than a timer per session.
+pub fn now_ms() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// A queue that grew past this many slots during a burst is given back once
+/// it drains, so a session that was busy once does not keep the memory.
+const KEEP_QUEUE_SLOTS: usize = 16;
+
+/// The part of a session the hub holds: its outbound queue, how to wake its
+/// task, and how to stop it.
+///
+/// The queue is a `VecDeque` under a lock rather than a tokio `mpsc`
+/// channel: a channel costs about 800 bytes per session before the first
+/// frame (its cache-padded shared state plus a first block of 32 slots),
+/// and most sessions are idle; an empty `VecDeque` allocates nothing. One
+/// `Notify` wakes the task for frames, kicks and missed heartbeats alike,
+/// so the idle task waits on it and on its socket only.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub user_id: i64,
+    pub token_generation: i32,
+    kick_code: AtomicU16,
+    /// When the session has missed its heartbeat ([`now_ms`]); never until
+    /// the session is ready.
+    heartbeat_deadline_ms: AtomicU64,
+    /// Frames not yet taken by the session's task; `None` once it ended.
+    queue: Mutex<Option<VecDeque<Arc<Frame>>>>,
+    wake: Notify,
 }
 
 impl SessionHandle {
@@ -110,7 +136,7 @@ impl SessionHandle {
             .compare_exchange(0, why as u16, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.kicked.notify_one();
+            self.wake.notify_one();
         }
     }
 
@@ -121,27 +147,84 @@ impl SessionHandle {
         }
     }
 
+    /// Resolves when there may be something for the session's task to do:
+    /// frames queued, or a kick. A wake-up can find nothing (frames already
+    /// taken), so callers check.
+    pub fn woken(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Moves the heartbeat deadline to `within` from now.
+    pub fn heartbeat_due_within(&self, within: Duration) {
+        let at = now_ms().saturating_add(within.as_millis() as u64);
+        self.heartbeat_deadline_ms.store(at, Ordering::Relaxed);
+    }
+
     /// Queues a frame without waiting; a full queue marks the session too slow.
-    fn offer(&self, frame: &Arc<Frame>) -> bool {
-        match self.tx.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.kick_code().is_none() {
-                    metrics::counter!("otako_slow_client_closes_total").increment(1);
-                }
-                self.kick(Kick::TooSlow);
-                false
+    fn offer(&self, frame: &Arc<Frame>, capacity: usize) -> bool {
+        let mut queue = self.queue.lock();
+        let Some(q) = queue.as_mut() else {
+            return false; // the session has ended
+        };
+        if q.len() >= capacity {
+            drop(queue);
+            if self.kick_code().is_none() {
+                metrics::counter!("otako_slow_client_closes_total").increment(1);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            self.kick(Kick::TooSlow);
+            return false;
+        }
+        let was_empty = q.is_empty();
+        q.push_back(frame.clone());
+        drop(queue);
+        // The task takes everything it finds when woken (or wakes itself
+        // for the rest, see `take`), so only the first frame needs a wake-up.
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Moves up to `max` queued frames into `into`, oldest first. If more
+    /// are left, the task is woken again for them.
+    pub fn take(&self, max: usize, into: &mut Vec<Arc<Frame>>) {
+        let mut queue = self.queue.lock();
+        let Some(q) = queue.as_mut() else { return };
+        let n = q.len().min(max);
+        into.extend(q.drain(..n));
+        if !q.is_empty() {
+            drop(queue);
+            self.wake.notify_one();
+        } else if q.capacity() > KEEP_QUEUE_SLOTS {
+            *q = VecDeque::new();
         }
     }
+
+    /// Whether frames are waiting.
+    pub fn has_queued(&self) -> bool {
+        self.queue.lock().as_ref().is_some_and(|q| !q.is_empty())
+    }
+
+    /// Drops what is queued and refuses further frames.
+    fn close(&self) {
+        *self.queue.lock() = None;
+    }
+}
+
+/// One session in the index.
+struct Member {
+    handle: Arc<SessionHandle>,
+    /// The channels it receives, sorted. A user is in few channels, and a
+    /// small sorted `Vec` costs a fraction of a `HashSet`.
+    channels: Vec<i64>,
 }
 
 #[derive(Default)]
 struct Index {
+    sessions: HashMap<u64, Member>,
     by_channel: HashMap<i64, HashMap<u64, Arc<SessionHandle>>>,
-    by_user: HashMap<i64, HashMap<u64, Arc<SessionHandle>>>,
-    channels_of: HashMap<u64, HashSet<i64>>,
+    /// A user has a handful of sessions at most: a `Vec` each.
+    by_user: HashMap<i64, Vec<Arc<SessionHandle>>>,
     /// Sessions still loading their channel list, with the membership changes
     /// that reached them meanwhile: these win over the (possibly older) list.
     loading: HashMap<u64, HashMap<i64, bool>>,
@@ -149,7 +232,11 @@ struct Index {
 
 impl Index {
     fn join(&mut self, s: &Arc<SessionHandle>, channel_id: i64) {
-        if self.channels_of.entry(s.id).or_default().insert(channel_id) {
+        let Some(member) = self.sessions.get_mut(&s.id) else {
+            return; // already unregistered
+        };
+        if let Err(at) = member.channels.binary_search(&channel_id) {
+            member.channels.insert(at, channel_id);
             self.by_channel
                 .entry(channel_id)
                 .or_default()
@@ -158,8 +245,10 @@ impl Index {
     }
 
     fn leave(&mut self, session_id: u64, channel_id: i64) {
-        if let Some(chs) = self.channels_of.get_mut(&session_id) {
-            chs.remove(&channel_id);
+        if let Some(member) = self.sessions.get_mut(&session_id) {
+            if let Ok(at) = member.channels.binary_search(&channel_id) {
+                member.channels.remove(at);
+            }
         }
         if let Some(members) = self.by_channel.get_mut(&channel_id) {
             members.remove(&session_id);
@@ -167,6 +256,10 @@ impl Index {
                 self.by_channel.remove(&channel_id);
             }
         }
+    }
+
+    fn user_sessions(&self, user_id: i64) -> Vec<Arc<SessionHandle>> {
+        self.by_user.get(&user_id).cloned().unwrap_or_default()
     }
 }
 
@@ -189,6 +282,7 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.unregister(&self.handle);
+        self.handle.close();
     }
 }
 
@@ -209,36 +303,34 @@ impl Hub {
 
     /// Adds a session that will receive the events of the user concerned at
     /// once, and its channels' events once [`Hub::join_channels`] is called.
-    pub fn register(
-        self: &Arc<Hub>,
-        id: u64,
-        user_id: i64,
-        token_generation: i32,
-    ) -> (Registration, mpsc::Receiver<Arc<Frame>>) {
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
+    pub fn register(self: &Arc<Hub>, id: u64, user_id: i64, token_generation: i32) -> Registration {
         let handle = Arc::new(SessionHandle {
             id,
             user_id,
             token_generation,
-            tx,
             kick_code: AtomicU16::new(0),
-            kicked: Notify::new(),
+            heartbeat_deadline_ms: AtomicU64::new(u64::MAX),
+            queue: Mutex::new(Some(VecDeque::new())),
+            wake: Notify::new(),
         });
         let mut idx = self.index.write();
         idx.by_user
             .entry(user_id)
-            .or_default()
-            .insert(id, handle.clone());
-        idx.channels_of.insert(id, HashSet::new());
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(handle.clone());
+        idx.sessions.insert(
+            id,
+            Member {
+                handle: handle.clone(),
+                channels: Vec::new(),
+            },
+        );
         idx.loading.insert(id, HashMap::new());
         drop(idx);
-        (
-            Registration {
-                hub: self.clone(),
-                handle,
-            },
-            rx,
-        )
+        Registration {
+            hub: self.clone(),
+            handle,
+        }
     }
 
     /// Joins the channels the session's user was a member of when its list
@@ -251,25 +343,25 @@ impl Hub {
                 idx.join(session, c);
             }
         }
+        if let Some(member) = idx.sessions.get_mut(&session.id) {
+            member.channels.shrink_to_fit();
+        }
     }
 
     /// The channels a session currently receives, sorted.
     pub fn channels_of(&self, session_id: u64) -> Vec<i64> {
         let idx = self.index.read();
-        let mut v: Vec<i64> = idx
-            .channels_of
+        idx.sessions
             .get(&session_id)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
-        v.sort_unstable();
-        v
+            .map(|m| m.channels.clone())
+            .unwrap_or_default()
     }
 
     fn unregister(&self, s: &SessionHandle) {
         let mut idx = self.index.write();
         idx.loading.remove(&s.id);
-        if let Some(chs) = idx.channels_of.remove(&s.id) {
-            for c in chs {
+        if let Some(member) = idx.sessions.remove(&s.id) {
+            for c in member.channels {
                 if let Some(members) = idx.by_channel.get_mut(&c) {
                     members.remove(&s.id);
                     if members.is_empty() {
@@ -279,7 +371,7 @@ impl Hub {
             }
         }
         if let Some(sessions) = idx.by_user.get_mut(&s.user_id) {
-            sessions.remove(&s.id);
+            sessions.retain(|h| h.id != s.id);
             if sessions.is_empty() {
                 idx.by_user.remove(&s.user_id);
             }
@@ -288,25 +380,36 @@ impl Hub {
     }
 
     pub fn session_count(&self) -> usize {
-        self.index.read().channels_of.len()
+        self.index.read().sessions.len()
     }
 
     /// Every session of this node, for draining.
     pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
         let idx = self.index.read();
-        idx.by_user
-            .values()
-            .flat_map(|m| m.values().cloned())
-            .collect()
+        idx.sessions.values().map(|m| m.handle.clone()).collect()
     }
 
     /// Sessions of one user on this node.
     pub fn sessions_of_user(&self, user_id: i64) -> Vec<Arc<SessionHandle>> {
+        self.index.read().user_sessions(user_id)
+    }
+
+    /// Kicks every session whose heartbeat deadline has passed (and that
+    /// nothing else kicked yet) and returns how many. One sweep of the index stands in for a timer per session
+    /// (a tokio `Sleep` is 112 bytes in every idle task, and re-armed on
+    /// every wake-up); an atomic load per session is all a sweep costs.
+    pub fn kick_missed_heartbeats(&self) -> usize {
+        let now = now_ms();
         let idx = self.index.read();
-        idx.by_user
-            .get(&user_id)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        let mut kicked = 0;
+        for m in idx.sessions.values() {
+            let h = &m.handle;
+            if h.heartbeat_deadline_ms.load(Ordering::Relaxed) < now && h.kick_code().is_none() {
+                h.kick(Kick::HeartbeatTimeout);
+                kicked += 1;
+            }
+        }
+        kicked
     }
 
     /// Routes one firehose event to the sessions that may see it and returns
@@ -322,11 +425,7 @@ impl Hub {
             (EventType::ChannelMemberAdd, Some(user)) => {
                 // Join first, so the new member sees its own add event too.
                 let mut idx = self.index.write();
-                let sessions: Vec<_> = idx
-                    .by_user
-                    .get(&user)
-                    .map(|m| m.values().cloned().collect())
-                    .unwrap_or_default();
+                let sessions = idx.user_sessions(user);
                 for s in &sessions {
                     idx.join(s, ev.channel_id);
                     if let Some(changed) = idx.loading.get_mut(&s.id) {
@@ -339,16 +438,13 @@ impl Hub {
             (EventType::ChannelMemberRemove, Some(user)) => {
                 // The removed user hears of it even if none of its sessions
                 // was in the channel's index; then it stops receiving.
-                let mut idx = self.index.write();
-                let user_sessions: Vec<_> = idx
-                    .by_user
-                    .get(&user)
-                    .map(|m| m.values().cloned().collect())
-                    .unwrap_or_default();
-                drop(idx);
+                let user_sessions = self.sessions_of_user(user);
                 let n = self.offer_channel(ev.channel_id, &frame, Some(user))
-                    + user_sessions.iter().filter(|s| s.offer(&frame)).count();
-                idx = self.index.write();
+                    + user_sessions
+                        .iter()
+                        .filter(|s| s.offer(&frame, self.queue_capacity))
+                        .count();
+                let mut idx = self.index.write();
                 for s in &user_sessions {
                     idx.leave(s.id, ev.channel_id);
                     if let Some(changed) = idx.loading.get_mut(&s.id) {
@@ -377,7 +473,7 @@ impl Hub {
         members
             .values()
             .filter(|s| Some(s.user_id) != except_user)
-            .filter(|s| s.offer(frame))
+            .filter(|s| s.offer(frame, self.queue_capacity))
             .count()
     }
 }
@@ -385,6 +481,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     fn event<'a>(
         id: &'a str,
@@ -406,6 +503,17 @@ mod tests {
         RawValue::from_string(s.to_owned()).unwrap()
     }
 
+    /// Takes everything queued for a session and returns how many frames.
+    fn taken(r: &Registration) -> usize {
+        let mut frames = Vec::new();
+        r.handle.take(usize::MAX, &mut frames);
+        frames.len()
+    }
+
+    fn woken_now(r: &Registration) -> bool {
+        r.handle.woken().now_or_never().is_some()
+    }
+
     #[test]
     fn frame_splices_sequence() {
         let d = raw(r#"{"id":"1"}"#);
@@ -422,8 +530,8 @@ mod tests {
     #[test]
     fn only_channel_sessions_receive_and_retries_are_dropped() {
         let hub = Hub::new(8);
-        let (a, mut rx_a) = hub.register(1, 10, 0);
-        let (_b, mut rx_b) = hub.register(2, 20, 0);
+        let a = hub.register(1, 10, 0);
+        let b = hub.register(2, 20, 0);
         hub.join_channels(&a.handle, &[5]);
         let d = raw("{}");
         let ev = event("e1", EventType::MessageCreate, 5, None, &d);
@@ -433,16 +541,15 @@ mod tests {
             0,
             "a retry is not delivered again"
         );
-        assert!(rx_a.try_recv().is_ok());
-        assert!(rx_a.try_recv().is_err());
-        assert!(rx_b.try_recv().is_err());
+        assert_eq!(taken(&a), 1);
+        assert_eq!(taken(&b), 0);
     }
 
     #[test]
     fn membership_events_move_sessions() {
         let hub = Hub::new(8);
-        let (a, mut rx_a) = hub.register(1, 10, 0);
-        let (_b, mut rx_b) = hub.register(2, 20, 0);
+        let a = hub.register(1, 10, 0);
+        let b = hub.register(2, 20, 0);
         hub.join_channels(&a.handle, &[5]);
         let d = raw("{}");
         let add = event("add", EventType::ChannelMemberAdd, 5, Some(20), &d);
@@ -453,14 +560,14 @@ mod tests {
         assert!(hub.channels_of(2).is_empty());
         let msg = event("m", EventType::MessageCreate, 5, None, &d);
         assert_eq!(hub.deliver(&msg, Frame::new("M", &d)), 1);
-        assert_eq!(std::iter::from_fn(|| rx_a.try_recv().ok()).count(), 3);
-        assert_eq!(std::iter::from_fn(|| rx_b.try_recv().ok()).count(), 2);
+        assert_eq!(taken(&a), 3);
+        assert_eq!(taken(&b), 2);
     }
 
     #[test]
     fn a_remove_during_loading_beats_the_older_channel_list() {
         let hub = Hub::new(8);
-        let (a, _rx) = hub.register(1, 10, 0);
+        let a = hub.register(1, 10, 0);
         let d = raw("{}");
         let rm = event("rm", EventType::ChannelMemberRemove, 5, Some(10), &d);
         hub.deliver(&rm, Frame::new("R", &d));
@@ -478,8 +585,8 @@ mod tests {
     #[test]
     fn overflow_kicks_only_the_slow_session() {
         let hub = Hub::new(2);
-        let (slow, _rx_slow) = hub.register(1, 10, 0);
-        let (fast, mut rx_fast) = hub.register(2, 20, 0);
+        let slow = hub.register(1, 10, 0);
+        let fast = hub.register(2, 20, 0);
         hub.join_channels(&slow.handle, &[5]);
         hub.join_channels(&fast.handle, &[5]);
         let d = raw("{}");
@@ -489,7 +596,7 @@ mod tests {
                 &event(&id, EventType::MessageCreate, 5, None, &d),
                 Frame::new("M", &d),
             );
-            while rx_fast.try_recv().is_ok() {}
+            taken(&fast);
         }
         assert_eq!(slow.handle.kick_code(), Some(4011));
         assert_eq!(fast.handle.kick_code(), None);
@@ -498,11 +605,80 @@ mod tests {
     #[test]
     fn dropping_a_registration_unregisters() {
         let hub = Hub::new(2);
-        let (a, _rx) = hub.register(1, 10, 0);
+        let a = hub.register(1, 10, 0);
         hub.join_channels(&a.handle, &[5, 6]);
         assert_eq!(hub.session_count(), 1);
         drop(a);
         assert_eq!(hub.session_count(), 0);
         assert!(hub.sessions_of_user(10).is_empty());
+    }
+
+    #[test]
+    fn a_burst_wakes_the_task_once_and_a_partial_take_wakes_it_again() {
+        let hub = Hub::new(100);
+        let a = hub.register(1, 10, 0);
+        hub.join_channels(&a.handle, &[5]);
+        assert!(!woken_now(&a), "nothing queued yet");
+        let d = raw("{}");
+        for i in 0..40 {
+            let id = format!("e{i}");
+            let ev = event(&id, EventType::MessageCreate, 5, None, &d);
+            assert_eq!(hub.deliver(&ev, Frame::new("M", &d)), 1);
+        }
+        assert!(woken_now(&a));
+        assert!(!woken_now(&a), "one wake-up for the whole burst");
+        let mut frames = Vec::new();
+        a.handle.take(32, &mut frames);
+        assert_eq!(frames.len(), 32);
+        assert!(woken_now(&a), "eight frames are left: the task comes back");
+        frames.clear();
+        a.handle.take(32, &mut frames);
+        assert_eq!(frames.len(), 8);
+        assert!(!woken_now(&a));
+        assert!(!a.handle.has_queued());
+        // The queue grew to 64 slots for the burst; drained, it lets them go.
+        let cap = a.handle.queue.lock().as_ref().map(VecDeque::capacity);
+        assert_eq!(cap, Some(0));
+    }
+
+    #[test]
+    fn kicks_wake_the_task_and_the_first_reason_wins() {
+        let hub = Hub::new(8);
+        let a = hub.register(1, 10, 0);
+        a.handle.kick(Kick::Revoked);
+        a.handle.kick(Kick::TooSlow);
+        assert!(woken_now(&a));
+        assert_eq!(a.handle.kick_code(), Some(4004));
+        assert_eq!(Kick::from_code(4009), Some(Kick::HeartbeatTimeout));
+    }
+
+    #[test]
+    fn the_sweep_kicks_only_sessions_past_their_heartbeat_deadline() {
+        let hub = Hub::new(8);
+        let loading = hub.register(1, 10, 0);
+        let late = hub.register(2, 20, 0);
+        let on_time = hub.register(3, 30, 0);
+        late.handle.heartbeat_due_within(Duration::ZERO);
+        on_time.handle.heartbeat_due_within(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(hub.kick_missed_heartbeats(), 1);
+        assert_eq!(late.handle.kick_code(), Some(4009));
+        assert_eq!(on_time.handle.kick_code(), None);
+        assert_eq!(
+            loading.handle.kick_code(),
+            None,
+            "not ready yet: no deadline"
+        );
+    }
+
+    #[test]
+    fn an_ended_session_takes_no_more_frames() {
+        let hub = Hub::new(8);
+        let a = hub.register(1, 10, 0);
+        hub.join_channels(&a.handle, &[5]);
+        let handle = a.handle.clone();
+        drop(a);
+        assert!(!handle.offer(&Arc::new(Frame::new("M", &raw("{}"))), 8));
+        assert!(!handle.has_queued());
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 pub struct Node {
     pub node_id: String,
@@ -60,8 +60,11 @@ impl Node {
     }
 }
 
-/// Accepts client connections until `stop` is cancelled.
+/// Accepts client connections until `stop` is cancelled. The heartbeat
+/// sweep for the sessions it starts runs from here on, past `stop` too:
+/// sessions that are draining are still held to their heartbeats.
 pub async fn accept_loop(listener: TcpListener, node: Arc<Node>, stop: CancellationToken) {
+    tokio::spawn(heartbeat_sweep(node.hub.clone(), node.heartbeat_interval));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -75,6 +78,25 @@ pub async fn accept_loop(listener: TcpListener, node: Arc<Node>, stop: Cancellat
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
+        }
+    }
+}
+
+/// Closes sessions whose client has not sent a heartbeat for 1.5 intervals
+/// (4009). One sweep of the hub every tenth of an interval, at most every
+/// second, in place of a timer in every session: an idle session then holds
+/// no timer at all, and a busy one re-arms none per write. A session is
+/// closed between 1.5 intervals and 1.5 intervals plus one sweep period
+/// after its last heartbeat; clients beat every interval.
+pub async fn heartbeat_sweep(hub: Arc<Hub>, interval: Duration) {
+    let period = (interval / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let kicked = hub.kick_missed_heartbeats();
+        if kicked > 0 {
+            debug!(sessions = kicked, "heartbeats missed");
         }
     }
 }
