@@ -90,21 +90,14 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.http_listen))?;
     info!(http = %args.http_listen, "backend ready");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async {
+            // Finish the requests in flight; events not yet acknowledged stay
+            // pending and go out after a restart.
+            otako_common::cli::shutdown_signal().await;
+            info!("shutting down");
+        })
         .await?;
     Ok(())
-}
-
-/// SIGTERM (Kubernetes, compose) or Ctrl-C: finish the requests in flight and
-/// exit. Events not yet acknowledged stay pending and go out after a restart.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    info!("shutting down");
 }
 
 /// One span per request, continuing the caller's trace if it sent one.

@@ -9,6 +9,16 @@ pub fn parse_flag(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Resolves on SIGTERM (Kubernetes, compose) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_flag;

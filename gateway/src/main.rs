@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     node.ready.store(true, Ordering::Release);
     info!(node = %node_id, gateway = %args.gateway_listen, admin = %args.admin_listen, "gateway ready");
 
-    shutdown_signal().await;
+    otako_common::cli::shutdown_signal().await;
     info!("shutting down: draining");
     node.ready.store(false, Ordering::Release);
     stop_accepting.cancel();
@@ -145,13 +145,4 @@ async fn main() -> anyhow::Result<()> {
     let _ = nats.flush().await;
     info!("gateway stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
