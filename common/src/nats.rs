@@ -47,26 +47,27 @@ pub async fn connect(
 }
 
 /// Retries a start-up step that needs JetStream: while a cluster elects its
-/// meta leader, requests time out for a few seconds.
+/// meta leader or several nodes create the same bucket at once, requests can
+/// fail or hang for a few seconds. Each try but the last is bounded in time.
 pub async fn with_retries<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, E>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    const TRIES: u32 = 8;
+    const TRY_TIMEOUT: Duration = Duration::from_secs(8);
     let mut wait = Duration::from_millis(200);
-    for attempt in 1.. {
-        match step().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < 8 => {
-                warn!(error = %e, attempt, "{what} failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
+    for attempt in 1..TRIES {
+        match tokio::time::timeout(TRY_TIMEOUT, step()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => warn!(error = %e, attempt, "{what} failed; retrying"),
+            Err(_) => warn!(attempt, "{what} timed out; retrying"),
         }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
-    unreachable!("the loop returns")
+    step().await
 }
 
 #[cfg(test)]
