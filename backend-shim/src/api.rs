@@ -233,7 +233,7 @@ async fn require_member(pool: &PgPool, channel_id: i64, user_id: i64) -> Result<
     .await?;
     match (exists, member) {
         (false, _) => Err(ApiError::NotFound("unknown channel")),
-        (true, false) => Err(ApiError::Forbidden("not a member of this channel")),
+        (true, false) => Err(ApiError::Forbidden("not a member of this channel".into())),
         (true, true) => Ok(()),
     }
 }
@@ -358,6 +358,24 @@ async fn load_message(
     .ok_or(ApiError::NotFound("unknown message"))
 }
 
+/// A live message of the channel that the caller wrote: 404 if there is
+/// none, 403 if someone else wrote it.
+async fn load_own_message(
+    tx: &mut Transaction<'static, Postgres>,
+    channel_id: i64,
+    message_id: i64,
+    caller: i64,
+    verb: &str,
+) -> Result<MessageRow, ApiError> {
+    let row = load_message(tx, channel_id, message_id).await?;
+    if row.2 != caller {
+        return Err(ApiError::Forbidden(format!(
+            "only the author may {verb} a message"
+        )));
+    }
+    Ok(row)
+}
+
 fn check_content(content: &str) -> Result<(), ApiError> {
     let n = content.chars().count();
     if n == 0 || n > MAX_CONTENT_CHARS {
@@ -457,10 +475,7 @@ async fn edit_message(
     );
     check_content(&body.content)?;
     let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
-    let row = load_message(&mut tx, channel_id, message_id).await?;
-    if row.2 != me.user_id {
-        return Err(ApiError::Forbidden("only the author may edit a message"));
-    }
+    let row = load_own_message(&mut tx, channel_id, message_id, me.user_id, "edit").await?;
     let edited: DateTime<Utc> = sqlx::query_scalar(
         "UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 RETURNING edited_at",
     )
@@ -503,10 +518,7 @@ async fn delete_message(
         id(&message_id, "message_id")?,
     );
     let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
-    let row = load_message(&mut tx, channel_id, message_id).await?;
-    if row.2 != me.user_id {
-        return Err(ApiError::Forbidden("only the author may delete a message"));
-    }
+    load_own_message(&mut tx, channel_id, message_id, me.user_id, "delete").await?;
     sqlx::query("UPDATE messages SET deleted_at = now() WHERE id = $1")
         .bind(message_id)
         .execute(&mut *tx)

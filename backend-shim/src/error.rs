@@ -11,7 +11,7 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
-    Forbidden(&'static str),
+    Forbidden(String),
     #[error("{0}")]
     NotFound(&'static str),
     #[error("{0}")]
