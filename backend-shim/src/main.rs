@@ -21,16 +21,21 @@ use tracing::info;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry = telemetry::init("otako-backend-shim", args.log_json)?;
+    let _telemetry = telemetry::init("otako-backend-shim", args.common.log_json)?;
     let migrate_only = matches!(args.command, Some(Command::Migrate));
-    let pool = otako_common::db::open(&args.database_url, 32, args.migrate || migrate_only).await?;
+    let pool = otako_common::db::open(
+        &args.common.database_url,
+        32,
+        args.common.migrate || migrate_only,
+    )
+    .await?;
     if migrate_only {
         return Ok(());
     }
-    let secret = token::resolve_secret(args.token_secret.as_deref(), args.dev)?;
+    let secret = token::resolve_secret(args.common.token_secret.as_deref(), args.common.dev)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let nats = otako_common::nats::connect(
-        &args.nats_url,
+        &args.common.nats_url,
         "otako-backend-shim".into(),
         Some(args.dispatch_timeout()),
     )

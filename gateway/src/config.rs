@@ -1,7 +1,7 @@
 //! Command-line flags, each also an environment variable (see CONTRACT.md).
 
 use clap::{Parser, Subcommand};
-use otako_common::cli::parse_flag;
+use otako_common::cli::CommonArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,30 +9,18 @@ use std::time::Duration;
 #[command(
     name = "otako-gateway",
     version,
+    // The shared flag has no help of its own: each side names the other.
+    mut_arg("token_secret", |arg| arg.help("Secret that signs session tokens (shared with the backend)")),
     about = "Otako's dispatch-only WebSocket gateway"
 )]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "OTAKO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://otako@127.0.0.1:5432/otako"
-    )]
-    pub database_url: String,
-
-    /// Secret that signs session tokens (shared with the backend).
-    #[arg(long, env = "OTAKO_TOKEN_SECRET", hide_env_values = true)]
-    pub token_secret: Option<String>,
-
-    /// Development mode: allows the fixed development token secret.
-    #[arg(long, env = "OTAKO_DEV", value_parser = parse_flag, default_value = "0")]
-    pub dev: bool,
+    /// NATS, database, token secret, dev mode, --migrate and log format: the
+    /// same flags as the backend's.
+    #[command(flatten)]
+    pub common: CommonArgs,
 
     /// Client WebSocket listener (the socket is at /gateway).
     #[arg(long, env = "OTAKO_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
@@ -74,14 +62,6 @@ pub struct Args {
     /// How often the backend is pinged ($SRV.PING.otako-backend-shim).
     #[arg(long, env = "OTAKO_PING_INTERVAL_MS", default_value_t = 5000)]
     pub ping_interval_ms: u64,
-
-    /// Apply database migrations before starting.
-    #[arg(long)]
-    pub migrate: bool,
-
-    /// Log as JSON lines.
-    #[arg(long, env = "OTAKO_LOG_JSON", value_parser = parse_flag, default_value = "0")]
-    pub log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,19 +28,27 @@ use tracing::info;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry = telemetry::init("otako-gateway", args.log_json)?;
+    let _telemetry = telemetry::init("otako-gateway", args.common.log_json)?;
     let migrate_only = matches!(args.command, Some(Command::Migrate));
-    let pool = otako_common::db::open(&args.database_url, 16, args.migrate || migrate_only).await?;
+    let pool = otako_common::db::open(
+        &args.common.database_url,
+        16,
+        args.common.migrate || migrate_only,
+    )
+    .await?;
     if migrate_only {
         return Ok(());
     }
-    let secret = token::resolve_secret(args.token_secret.as_deref(), args.dev)?;
+    let secret = token::resolve_secret(args.common.token_secret.as_deref(), args.common.dev)?;
     let node_id = args.node_id();
     let metrics = admin::install_metrics()?;
 
-    let nats =
-        otako_common::nats::connect(&args.nats_url, format!("otako-gateway {node_id}"), None)
-            .await?;
+    let nats = otako_common::nats::connect(
+        &args.common.nats_url,
+        format!("otako-gateway {node_id}"),
+        None,
+    )
+    .await?;
     let js = async_nats::jetstream::new(nats.clone());
     let replicas = args.jetstream_replicas;
     let sink = with_retries("setting up the error sink", || {
