@@ -23,6 +23,10 @@ pub struct GatewayConfig {
     pub heartbeat_ms: u64,
     pub max_sessions_per_user: u32,
     pub drain_window_ms: u64,
+    /// Where the nodes reach PostgreSQL on loopback (e.g. a
+    /// [`Proxy`](crate::proxy::Proxy)) instead of the shared server's port;
+    /// the backend and the migrations keep the direct URL.
+    pub database_port: Option<u16>,
     /// Anything else, e.g. `("OTAKO_SESSION_QUEUE", "8")`.
     pub extra_env: Vec<(String, String)>,
 }
@@ -34,6 +38,7 @@ impl Default for GatewayConfig {
             max_sessions_per_user: 10,
             // Short, so a graceful shutdown in a test does not take long.
             drain_window_ms: 200,
+            database_port: None,
             extra_env: Vec::new(),
         }
     }
@@ -110,6 +115,14 @@ impl StackBuilder {
 
     pub fn drain_window_ms(mut self, ms: u64) -> Self {
         self.gateway.drain_window_ms = ms;
+        self
+    }
+
+    /// Gateway nodes connect to the test's database through `port` on
+    /// loopback (a [`Proxy`](crate::proxy::Proxy)); see
+    /// [`GatewayConfig::database_port`].
+    pub fn gateway_database_port(mut self, port: u16) -> Self {
+        self.gateway.database_port = Some(port);
         self
     }
 
@@ -343,9 +356,13 @@ impl Stack {
         let ws_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let c = &self.gateway_config;
+        let database_url = match c.database_port {
+            Some(port) => format!("postgres://otako@127.0.0.1:{port}/{}", self.db.name()),
+            None => self.db.url().to_owned(),
+        };
         let mut env: Vec<(&str, String)> = vec![
             ("OTAKO_NATS_URL", self.nats.url((n - 1) % self.nats.len())),
-            ("DATABASE_URL", self.db.url().to_owned()),
+            ("DATABASE_URL", database_url),
             ("OTAKO_TOKEN_SECRET", TEST_SECRET.to_owned()),
             ("OTAKO_GATEWAY_LISTEN", ws_addr.to_string()),
             ("OTAKO_ADMIN_LISTEN", admin_addr.to_string()),
