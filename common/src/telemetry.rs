@@ -85,6 +85,12 @@ fn build_provider(service: &str) -> Result<SdkTracerProvider, TelemetryError> {
         .build())
 }
 
+/// The target of spans that exist for traces only: one or more per event on
+/// the hot path. The log output skips them (formatting a span's fields costs
+/// as much as the rest of routing an event); log lines inside them still
+/// carry the enclosing spans that the log output keeps.
+pub const TRACE_ONLY: &str = "otako::trace_only";
+
 /// Installs the global subscriber. Call once, from `main`, inside the runtime.
 pub fn init(service: &'static str, json_logs: bool) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -109,6 +115,9 @@ pub fn init(service: &'static str, json_logs: bool) -> Result<Telemetry, Telemet
         opentelemetry::global::set_tracer_provider(p.clone());
         tracing_opentelemetry::layer().with_tracer(p.tracer(service))
     });
+    let fmt = fmt.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target() == TRACE_ONLY)
+    }));
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)

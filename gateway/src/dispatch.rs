@@ -27,6 +27,11 @@ use tracing::{info_span, warn, Instrument, Span};
 /// which remembers routed event ids just as long (`fanout::DEDUP_WINDOW`).
 const DELIVERED_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// Connections kept for loading message rows: more than one so a slow query
+/// does not hold up the others; a handful, so most of the pool is left for
+/// session starts.
+const MESSAGE_LOADERS: usize = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("request body is not JSON: {0}")]
@@ -71,6 +76,7 @@ enum Outcome {
 pub struct Dispatcher {
     nats: async_nats::Client,
     pool: PgPool,
+    messages: db::MessageLoader,
     sink: ErrorSink,
     delivered_here: moka::sync::Cache<String, ()>,
     node_id: String,
@@ -88,6 +94,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         Dispatcher {
             nats,
+            messages: db::MessageLoader::spawn(pool.clone(), MESSAGE_LOADERS),
             pool,
             sink,
             delivered_here: moka::sync::Cache::builder()
@@ -165,7 +172,11 @@ impl Dispatcher {
             let sent = self
                 .nats
                 .publish(reply, body.into())
-                .instrument(info_span!("dispatch.reply", otel.name = "roundtrip reply"))
+                .instrument(info_span!(
+                    target: telemetry::TRACE_ONLY,
+                    "dispatch.reply",
+                    otel.name = "roundtrip reply"
+                ))
                 .await;
             if let Err(e) = sent {
                 warn!(error = %e, "could not send the roundtrip reply");
@@ -192,6 +203,7 @@ impl Dispatcher {
         let d = obj.get("d").unwrap_or(&Value::Null);
         let loaded = async { self.load(t, d).await }
             .instrument(info_span!(
+                target: telemetry::TRACE_ONLY,
                 "dispatch.load",
                 otel.name = "load from database"
             ))
@@ -201,6 +213,7 @@ impl Dispatcher {
         };
         self.publish(&event_id, t, channel_id, user_id, payload, headers)
             .instrument(info_span!(
+                target: telemetry::TRACE_ONLY,
                 "dispatch.publish",
                 otel.name = "fan-out publish"
             ))
@@ -219,7 +232,9 @@ impl Dispatcher {
         match t {
             EventType::MessageCreate | EventType::MessageUpdate | EventType::MessageDelete => {
                 let r = MessageRef::from_data(d)?;
-                let m = db::load_message(&self.pool, r.id)
+                let m = self
+                    .messages
+                    .load(r.id)
                     .await?
                     .ok_or(EventError::NoSuchMessage(r.id))?;
                 if m.channel_id != r.channel_id {

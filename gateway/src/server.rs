@@ -118,6 +118,7 @@ pub async fn firehose_loop(mut sub: async_nats::Subscriber, hub: Arc<Hub>) {
             .and_then(|h| h.get(COMMITTED_AT_HEADER))
             .and_then(|v| v.as_str().parse().ok());
         let span = info_span!(
+            target: telemetry::TRACE_ONLY,
             "fanout.deliver",
             otel.name = "deliver to sessions",
             event_id = ev.event_id,

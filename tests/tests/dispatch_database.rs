@@ -215,22 +215,20 @@ async fn dispatch_fails_while_the_database_is_cut_and_a_retry_delivers_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_broken_by_a_database_restart_does_not_fail_the_next_dispatch() {
-    // One pooled connection, broken right after its last use: reusing it
-    // fails, and the read must be retried on a new one.
+    // Requests one at a time: the connection that loads their rows is
+    // broken right after its last use, so reusing it fails and the load must
+    // be retried on a new one.
     let proxy = Proxy::to_postgres().await;
     let mut s = setup(&proxy).await;
     for i in 0..3 {
-        // Each request after the pool got its connection back and tested
-        // it, so the pool never needs a second one.
         proxy.wait_quiet(SETTLED).await;
         dispatch_ok(&mut s, &format!("before {i}"), "before the restart", &proxy).await;
     }
-    // Let the pool finish testing the connection (a cut during that test
-    // would remove it before anyone reuses it), but cut well before it
-    // counts as idle.
+    // Let the traffic settle (a cut during a connection's test would remove
+    // it before anyone reuses it), but cut well before it counts as idle.
     proxy.wait_quiet(SETTLED).await;
     let pooled = proxy.open_connections();
-    assert_eq!(pooled, 1, "requests one at a time need one connection");
+    assert!(pooled >= 1, "the gateway keeps its connections open");
 
     // A database restart, as the gateway sees it: every connection it had is
     // gone, and new ones work.
