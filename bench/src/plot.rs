@@ -4,8 +4,12 @@
 //! embedded in the binary, so it renders on machines without system fonts.
 
 use crate::report::{Report, SystemResult};
+use plotters::coord::combinators::{LogCoord, WithKeyPoints};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Once;
 
@@ -72,6 +76,12 @@ fn count_label(v: f64, max: f64) -> String {
     }
 }
 
+/// Axis labels for other numbers: no trailing zeros ("2", "0.5", not "2.0").
+fn number_label(v: &f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 enum Panel {
@@ -106,16 +116,25 @@ pub fn draw(r: &Report, path: &Path) -> Result<(), PlotError> {
     }
     let rows = panels.len().div_ceil(2).max(1);
     let cols = if panels.len() > 1 { 2 } else { 1 };
-    let (w, h) = (560 * cols as u32, 40 + 340 * rows as u32);
-    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
-    root.fill(&WHITE).map_err(draw_err)?;
     let title = format!(
         "otako-bench {}: {} sessions, {} node(s), layout {}, rate {}",
         r.scenario, r.plan.sessions, r.plan.nodes, r.plan.layout, r.plan.rate
     );
-    let body = root
-        .titled(&title, (FAMILY, 20).into_font())
-        .map_err(draw_err)?;
+    let title_font = (FAMILY, 20).into_font();
+    let (title_w, _) = title_font.box_size(&title).map_err(draw_err)?;
+    // A single panel is narrower than the title: widen the picture to fit it.
+    let w = (560 * cols as u32).max(title_w + 40);
+    let h = TITLE_HEIGHT + 340 * rows as u32;
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err)?;
+    let (top, body) = root.split_vertically(TITLE_HEIGHT);
+    let centred = Pos::new(HPos::Center, VPos::Center);
+    top.draw(&Text::new(
+        title,
+        (w as i32 / 2, TITLE_HEIGHT as i32 / 2),
+        title_font.into_text_style(&top).pos(centred),
+    ))
+    .map_err(draw_err)?;
     let areas = body.split_evenly((rows, cols));
     if panels.is_empty() {
         areas[0]
@@ -138,7 +157,62 @@ pub fn draw(r: &Report, path: &Path) -> Result<(), PlotError> {
     Ok(())
 }
 
-fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+/// Height of the band above the panels that holds the run's title.
+const TITLE_HEIGHT: u32 = 40;
+
+/// What differs between the panels' frames. Margins, fonts and the room for
+/// labels are the same for all, so that panels side by side line up.
+struct Frame<'a> {
+    caption: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    /// At most this many labels on the x axis (plotters' default is 10).
+    x_labels: usize,
+    x_label: &'a dyn Fn(&f64) -> String,
+    y_label: &'a dyn Fn(&f64) -> String,
+}
+
+type Chart<'a, 'b, X, Y> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<X, Y>>;
+
+/// Sets up one panel on `area`: caption, axes over `x` and `y`, and the grid.
+fn frame<'a, 'b, X, Y>(
+    area: &'a Area<'b>,
+    f: &Frame<'_>,
+    x: X,
+    y: Y,
+) -> Result<Chart<'a, 'b, X::CoordDescType, Y::CoordDescType>, PlotError>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(f.caption, (FAMILY, 16))
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(f.x_desc)
+        .y_desc(f.y_desc)
+        .x_labels(f.x_labels)
+        .x_label_formatter(f.x_label)
+        .y_label_formatter(f.y_label)
+        .label_style((FAMILY, 12))
+        .draw()
+        .map_err(draw_err)?;
+    Ok(chart)
+}
+
+/// The legend's sample of a line series: a short stroke in its style.
+fn line_sample(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style)
+}
+
+fn log_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     let (lo, hi) = values
         .filter(|v| *v > 0.0)
         .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -146,6 +220,33 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
         return 0.01..1.0;
     }
     (lo / 1.5).max(0.001)..hi * 1.5
+}
+
+/// A log-scale axis over `range` with its ticks chosen here: plotters' own
+/// put a label at every multiple near a power of ten, which overlap there
+/// (800, 900, 1000). Labels go at 1, 2 and 5 times each power of ten, or only
+/// at the powers when the range spans more than three decades; grid lines go
+/// at every multiple.
+fn log_axis(range: Range<f64>) -> WithKeyPoints<LogCoord<f64>> {
+    let multiples = |factors: &[f64]| -> Vec<f64> {
+        let first = range.start.log10().floor() as i32;
+        let last = range.end.log10().ceil() as i32;
+        (first..=last)
+            .flat_map(|e| factors.iter().map(move |f| f * 10f64.powi(e)))
+            .filter(|v| range.contains(v))
+            .collect()
+    };
+    let all: Vec<f64> = multiples(&[1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+    let decades = (range.end / range.start).log10();
+    let mut labelled = multiples(if decades > 3.0 { &[1.] } else { &[1., 2., 5.] });
+    // A narrow range may hold fewer than two of those: label every multiple.
+    if labelled.len() < 2 {
+        labelled = all.clone();
+    }
+    range
+        .log_scale()
+        .with_key_points(labelled)
+        .with_light_points(all)
 }
 
 fn latency_over_time(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
@@ -169,20 +270,15 @@ fn latency_over_time(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotE
             .flatten()
             .flat_map(|p| [p.p50_us as f64 / 1e3, p.max_us as f64 / 1e3]),
     );
-    let mut chart = ChartBuilder::on(area)
-        .caption("Latency over time (per second)", (FAMILY, 16))
-        .margin(8)
-        .x_label_area_size(32)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..tmax, y.log_scale())
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds into the window")
-        .y_desc("ms")
-        .label_style((FAMILY, 12))
-        .draw()
-        .map_err(draw_err)?;
+    let frame_of = Frame {
+        caption: "Latency over time (per second)",
+        x_desc: "seconds into the window",
+        y_desc: "ms",
+        x_labels: 10,
+        x_label: &number_label,
+        y_label: &number_label,
+    };
+    let mut chart = frame(area, &frame_of, 0f64..tmax, log_axis(y))?;
     for (i, (s, pts)) in sys.iter().zip(&series).enumerate() {
         let c = color(i);
         for (name, pick, style) in [
@@ -198,7 +294,7 @@ fn latency_over_time(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotE
                 .draw_series(LineSeries::new(line, style))
                 .map_err(draw_err)?
                 .label(format!("{} {name}", s.system))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                .legend(line_sample(style));
         }
     }
     legend(&mut chart)
@@ -228,22 +324,15 @@ fn distribution(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError>
         })
         .collect();
     let y = log_range(dists.iter().flatten().map(|(_, v)| *v as f64 / 1e3));
-    let mut chart = ChartBuilder::on(area)
-        .caption("Latency distribution (whole window)", (FAMILY, 16))
-        .margin(8)
-        .x_label_area_size(32)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..6.0, y.log_scale())
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_labels(7)
-        .x_label_formatter(&nines_label)
-        .x_desc("percentile")
-        .y_desc("ms")
-        .label_style((FAMILY, 12))
-        .draw()
-        .map_err(draw_err)?;
+    let frame_of = Frame {
+        caption: "Latency distribution (whole window)",
+        x_desc: "percentile",
+        y_desc: "ms",
+        x_labels: 7, // one per nine: p0, p90, p99, ... max
+        x_label: &nines_label,
+        y_label: &number_label,
+    };
+    let mut chart = frame(area, &frame_of, 0f64..6.0, log_axis(y))?;
     for (i, (s, d)) in sys.iter().zip(&dists).enumerate() {
         let style = color(i).stroke_width(2);
         let pts: Vec<(f64, f64)> = d
@@ -254,7 +343,7 @@ fn distribution(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError>
             .draw_series(LineSeries::new(pts.clone(), style))
             .map_err(draw_err)?
             .label(s.system.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            .legend(line_sample(style));
         chart
             .draw_series(
                 pts.into_iter()
@@ -286,20 +375,15 @@ fn throughput(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
         .map(|p| p.count as f64)
         .fold(1.0f64, f64::max)
         * 1.15;
-    let mut chart = ChartBuilder::on(area)
-        .caption("Deliveries per second", (FAMILY, 16))
-        .margin(8)
-        .x_label_area_size(32)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..tmax, 0f64..ymax)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds into the window")
-        .y_label_formatter(&|v| count_label(*v, ymax))
-        .label_style((FAMILY, 12))
-        .draw()
-        .map_err(draw_err)?;
+    let frame_of = Frame {
+        caption: "Deliveries per second",
+        x_desc: "seconds into the window",
+        y_desc: "deliveries",
+        x_labels: 10,
+        x_label: &number_label,
+        y_label: &|v| count_label(*v, ymax),
+    };
+    let mut chart = frame(area, &frame_of, 0f64..tmax, 0f64..ymax)?;
     for (i, (s, pts)) in sys.iter().zip(&series).enumerate() {
         let style = color(i).stroke_width(2);
         // The first and last seconds are partial: leave them out.
@@ -308,7 +392,7 @@ fn throughput(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
             .draw_series(LineSeries::new(inner.map(|p| (p.t, p.count as f64)), style))
             .map_err(draw_err)?
             .label(s.system.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            .legend(line_sample(style));
     }
     legend(&mut chart)
 }
@@ -324,21 +408,15 @@ fn memory(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
         .flat_map(|s| s.rss_curve.iter().map(|p| p.bytes_per_session / 1024.0))
         .fold(1.0f64, f64::max)
         * 1.2;
-    let mut chart = ChartBuilder::on(area)
-        .caption("Server RSS per session", (FAMILY, 16))
-        .margin(8)
-        .x_label_area_size(32)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("sessions held")
-        .y_desc("KiB per session")
-        .x_label_formatter(&|v| count_label(*v, xmax))
-        .label_style((FAMILY, 12))
-        .draw()
-        .map_err(draw_err)?;
+    let frame_of = Frame {
+        caption: "Server RSS per session",
+        x_desc: "sessions held",
+        y_desc: "KiB per session",
+        x_labels: 10,
+        x_label: &|v| count_label(*v, xmax),
+        y_label: &number_label,
+    };
+    let mut chart = frame(area, &frame_of, 0f64..xmax, 0f64..ymax)?;
     for (i, s) in sys.iter().enumerate() {
         let style = color(i).stroke_width(2);
         let pts: Vec<(f64, f64)> = s
@@ -350,7 +428,7 @@ fn memory(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
             .draw_series(LineSeries::new(pts.clone(), style))
             .map_err(draw_err)?
             .label(s.system.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            .legend(line_sample(style));
         chart
             .draw_series(
                 pts.into_iter()
@@ -370,5 +448,28 @@ mod tests {
         assert_eq!(nines(0.0), 0.0);
         assert!((nines(0.999) - 3.0).abs() < 1e-9);
         assert_eq!(nines_label(&3.0), "p99.9");
+    }
+
+    #[test]
+    fn log_axis_labels() {
+        fn near(got: &[f64], want: &[f64]) -> bool {
+            got.len() == want.len()
+                && got
+                    .iter()
+                    .zip(want)
+                    .all(|(g, w)| (g / w - 1.0).abs() < 1e-9)
+        }
+        // 80 ms to 3 s, as in the fan-out run: labels at 1, 2 and 5 times a
+        // power of ten; grid lines at 80, 90, 100..900, 1000 and 2000.
+        let axis = log_axis(80.0..3000.0);
+        assert!(near(axis.bold_points(), &[100., 200., 500., 1000., 2000.]));
+        assert_eq!(axis.light_points().len(), 13);
+        // Over three decades: powers of ten only.
+        let wide = log_axis(0.002..5000.0);
+        assert!(near(wide.bold_points(), &[0.01, 0.1, 1., 10., 100., 1000.]));
+        // Too narrow for two of those: every multiple.
+        assert!(near(log_axis(0.21..0.48).bold_points(), &[0.3, 0.4]));
+        assert_eq!(number_label(&2000.0), "2000");
+        assert_eq!(number_label(&0.5), "0.5");
     }
 }

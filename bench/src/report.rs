@@ -24,8 +24,35 @@ pub struct RssPoint {
     pub sessions: u64,
     /// Summed over the system's server processes.
     pub rss_kib: u64,
-    /// (rss − rss before any session) / sessions.
+    /// (rss − rss before any session) / sessions. Includes the fixed cost of
+    /// starting to serve sessions at all, so it falls as sessions are added.
     pub bytes_per_session: f64,
+    /// (rss − rss at the previous step) / (sessions added since then): what
+    /// one more session costs, without the fixed cost. None at the first step.
+    pub marginal_bytes_per_session: Option<f64>,
+}
+
+impl RssPoint {
+    /// The point measured after a step; `previous` is the step before, if any.
+    pub fn new(
+        sessions: u64,
+        rss_kib: u64,
+        baseline_kib: u64,
+        previous: Option<&RssPoint>,
+    ) -> RssPoint {
+        // Signed: RSS can fall between steps when the allocator hands memory back.
+        let bytes = |kib: u64| kib as f64 * 1024.0;
+        let marginal = previous
+            .filter(|p| sessions > p.sessions)
+            .map(|p| (bytes(rss_kib) - bytes(p.rss_kib)) / (sessions - p.sessions) as f64);
+        RssPoint {
+            sessions,
+            rss_kib,
+            bytes_per_session: (rss_kib.saturating_sub(baseline_kib) * 1024) as f64
+                / sessions.max(1) as f64,
+            marginal_bytes_per_session: marginal,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -221,15 +248,19 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(out);
     }
     for (label, s) in systems.iter().map(|s| (s.system.as_str(), s)) {
-        if !s.rss_curve.is_empty() {
-            let _ = write!(out, "{label} RSS curve:");
-            for p in &s.rss_curve {
+        for p in &s.rss_curve {
+            let _ = write!(
+                out,
+                "{label} RSS at {} sessions: {:.1} MiB, {:.2} KiB/session",
+                p.sessions,
+                p.rss_kib as f64 / 1024.0,
+                p.bytes_per_session / 1024.0
+            );
+            if let Some(m) = p.marginal_bytes_per_session {
                 let _ = write!(
                     out,
-                    "  {}: {:.1} MiB ({:.2} KiB/session)",
-                    p.sessions,
-                    p.rss_kib as f64 / 1024.0,
-                    p.bytes_per_session / 1024.0
+                    ", {:.2} KiB per session added since the last step",
+                    m / 1024.0
                 );
             }
             let _ = writeln!(out);

@@ -461,12 +461,8 @@ impl PhaseContext<'_> {
             if !plan.rss_steps.is_empty() {
                 let rss = settle(server_pids).await;
                 let held = self.fleet.progress().await?.held;
-                curve.push(RssPoint {
-                    sessions: held,
-                    rss_kib: rss,
-                    bytes_per_session: (rss.saturating_sub(baseline) * 1024) as f64
-                        / held.max(1) as f64,
-                });
+                let point = RssPoint::new(held, rss, baseline, curve.last());
+                curve.push(point);
             }
         }
         let rss_total = settle(server_pids).await;
