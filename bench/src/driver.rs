@@ -51,6 +51,14 @@ pub struct ChannelTarget {
     pub author_token: String,
 }
 
+/// A message whose row is written and whose dispatch is still to come.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    pub id: i64,
+    /// The time its content is stamped with: when its dispatch is due.
+    pub stamp_us: i64,
+}
+
 pub enum Sender {
     /// Row straight into PostgreSQL, then a dispatch request (the backend's
     /// part, without the HTTP hop and the outbox).
@@ -69,36 +77,78 @@ pub enum Sender {
 }
 
 impl Sender {
+    /// Whether rows can be written ahead of their send time ([`Sender::prefill`]).
+    pub fn prefills(&self) -> bool {
+        matches!(self, Sender::Dispatch { .. })
+    }
+
+    /// Writes the rows of messages to be dispatched later, one per target,
+    /// in one batch; each is stamped with its own due time (unix µs).
+    pub async fn prefill(
+        &self,
+        due: &[(&ChannelTarget, i64)],
+        payload_len: usize,
+    ) -> Result<Vec<Prepared>, DriveError> {
+        let Sender::Dispatch { pool, .. } = self else {
+            return Err(DriveError::Request(
+                "only the dispatch drive prefills".into(),
+            ));
+        };
+        let rows: Vec<(i64, i64, String)> = due
+            .iter()
+            .map(|(t, at)| (t.id, t.author_id, stamped_payload(*at, payload_len)))
+            .collect();
+        let ids = seed::insert_messages(pool, &rows).await?;
+        Ok(ids
+            .into_iter()
+            .zip(due)
+            .map(|(id, (_, stamp_us))| Prepared {
+                id,
+                stamp_us: *stamp_us,
+            })
+            .collect())
+    }
+
+    /// Sends the dispatch request for a row already written, as the outbox
+    /// does after the commit.
+    pub async fn dispatch(&self, p: &Prepared, target: &ChannelTarget) -> Result<(), DriveError> {
+        let Sender::Dispatch { nats, run_id, .. } = self else {
+            return Err(DriveError::Request("not the dispatch drive".into()));
+        };
+        let body = serde_json::json!({
+            "t": "EVENT_MESSAGE_CREATE",
+            "d": {"id": p.id.to_string(), "channel_id": target.id.to_string()},
+            "op": 0,
+            "s": p.id.to_string(),
+            "event_id": format!("bench-{run_id}-{}", p.id),
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(COMMITTED_AT_HEADER, p.stamp_us.to_string().as_str());
+        let reply = nats
+            .request_with_headers(
+                DISPATCH_SUBJECT,
+                headers,
+                serde_json::to_vec(&body).expect("JSON").into(),
+            )
+            .await
+            .map_err(|e| DriveError::Request(e.to_string()))?;
+        let rt: Roundtrip = serde_json::from_slice(&reply.payload)
+            .map_err(|e| DriveError::Request(format!("bad reply: {e}")))?;
+        if rt.success {
+            Ok(())
+        } else {
+            Err(DriveError::Refused(rt.error.unwrap_or_default()))
+        }
+    }
+
     pub async fn send(&self, target: &ChannelTarget, payload_len: usize) -> Result<(), DriveError> {
         let sent = now_us();
         let content = stamped_payload(sent, payload_len);
         match self {
-            Sender::Dispatch { pool, nats, run_id } => {
+            Sender::Dispatch { pool, .. } => {
                 let id = seed::insert_message(pool, target.id, target.author_id, &content).await?;
-                let body = serde_json::json!({
-                    "t": "EVENT_MESSAGE_CREATE",
-                    "d": {"id": id.to_string(), "channel_id": target.id.to_string()},
-                    "op": 0,
-                    "s": id.to_string(),
-                    "event_id": format!("bench-{run_id}-{id}"),
-                });
-                let mut headers = HeaderMap::new();
-                headers.insert(COMMITTED_AT_HEADER, sent.to_string().as_str());
-                let reply = nats
-                    .request_with_headers(
-                        DISPATCH_SUBJECT,
-                        headers,
-                        serde_json::to_vec(&body).expect("JSON").into(),
-                    )
+                self.dispatch(&Prepared { id, stamp_us: sent }, target)
                     .await
-                    .map_err(|e| DriveError::Request(e.to_string()))?;
-                let rt: Roundtrip = serde_json::from_slice(&reply.payload)
-                    .map_err(|e| DriveError::Request(format!("bad reply: {e}")))?;
-                if rt.success {
-                    Ok(())
-                } else {
-                    Err(DriveError::Refused(rt.error.unwrap_or_default()))
-                }
             }
             Sender::Http { client, base_url } => {
                 let r = client

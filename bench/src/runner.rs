@@ -15,7 +15,6 @@ use crate::seed::{self, Population};
 use crate::stack::{self, Endpoints, OwnStack, Paths, Peer, StackError};
 use crate::workload::{self, Workload};
 use otako_common::token::{Claims, TokenKey, DEV_SECRET};
-use sqlx::postgres::PgPoolOptions;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -275,10 +274,9 @@ async fn phases(
     logs: &Path,
     run_id: &str,
 ) -> Result<(SystemResult, Option<SystemResult>), RunError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&ep.database_url)
-        .await?;
+    // The generator stands in for the backend: same pool settings (no ping
+    // per query), so its cost on the shared machine is the backend's.
+    let pool = otako_common::db::lazy_pool(&ep.database_url, 16)?;
     let seeded = Instant::now();
     let pop = seed::seed(&pool, plan.sessions, plan.layout, run_id).await?;
     eprintln!(

@@ -189,6 +189,35 @@ pub async fn insert_message(
     .await?)
 }
 
+/// Inserts many messages in two round trips (fresh ids, then one
+/// `INSERT ... UNNEST`) and returns their ids in the order given. The open-loop
+/// dispatch drive writes rows this way ahead of their dispatch time.
+pub async fn insert_messages(
+    pool: &PgPool,
+    rows: &[(i64, i64, String)],
+) -> Result<Vec<i64>, SeedError> {
+    // Any fresh ids will do: which row gets which does not matter.
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT nextval('messages_id_seq') FROM generate_series(1, $1)")
+            .bind(rows.len() as i64)
+            .fetch_all(pool)
+            .await?;
+    let channels: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let authors: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let contents: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO messages (id, channel_id, author_id, content) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])",
+    )
+    .bind(&ids)
+    .bind(channels)
+    .bind(authors)
+    .bind(contents)
+    .execute(pool)
+    .await?;
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -249,12 +249,15 @@ impl OwnStack {
         let mut admins = Vec::with_capacity(nodes);
         for i in 0..nodes {
             let (ws, admin) = (loopback(port()?), loopback(port()?));
-            let env = common(vec![
+            let mut env = common(vec![
                 ("OTAKO_GATEWAY_LISTEN", ws.to_string()),
                 ("OTAKO_ADMIN_LISTEN", admin.to_string()),
                 ("OTAKO_NODE_ID", format!("bench-gw-{}", i + 1)),
                 ("OTAKO_DRAIN_WINDOW_MS", "200".to_owned()),
             ]);
+            if let Ok(t) = std::env::var("OTAKO_BENCH_GATEWAY_THREADS") {
+                env.push(("TOKIO_WORKER_THREADS", t));
+            }
             gateways.push(Proc::spawn(
                 &format!("gateway-{}", i + 1),
                 &gateway_bin,

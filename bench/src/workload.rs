@@ -2,16 +2,25 @@
 //! round-robin over the channels) or closed loop (`max`: as fast as the
 //! system delivers, keeping a window of messages not yet fully delivered,
 //! judged from the client processes' receive counters).
+//!
+//! In the open-loop dispatch drive the rows are written ahead of time, in
+//! batches ([`PREFILL_LEAD`]), each stamped with the time its dispatch request
+//! is due; latency then runs from the dispatch request, as the issue's
+//! "from the backend's commit (or the dispatch request)" allows, and the
+//! generator's inserts cost the shared machine one round trip per batch
+//! instead of one per message. A request sent late still counts from its due
+//! time, so a lagging generator shows as latency, never hides it.
 
-use crate::driver::{ChannelTarget, Sender};
+use crate::driver::{ChannelTarget, DriveError, Prepared, Sender};
 use crate::fleet::Fleet;
+use crate::latency::now_us;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +30,10 @@ const MAX_IN_FLIGHT: usize = 2048;
 /// A closed loop that sees no delivery for this long stops waiting for the
 /// missing ones.
 const STALL: Duration = Duration::from_secs(2);
+/// How long before its dispatch is due a prefilled row is written.
+pub const PREFILL_LEAD: Duration = Duration::from_millis(250);
+/// The rows of the messages due within this long go in one insert.
+const PREFILL_BATCH: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rate {
@@ -79,6 +92,18 @@ struct Counters {
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
+impl Counters {
+    fn count(&self, sent: Result<(), DriveError>) {
+        match sent {
+            Ok(()) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                *self.errors.lock().entry(e.label()).or_default() += 1;
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
 pub struct Workload {
     pub rate: Rate,
     pub targets: Vec<ChannelTarget>,
@@ -104,18 +129,56 @@ pub async fn run(
         let len = w.payload_len;
         counters.sent.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            match sender.send(&targets[i], len).await {
-                Ok(()) => counters.ok.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    *counters.errors.lock().entry(e.label()).or_default() += 1;
-                    counters.failed.fetch_add(1, Ordering::Relaxed)
-                }
-            };
+            counters.count(sender.send(&targets[i], len).await);
             drop(permit);
         });
     };
     let start = Instant::now();
     match w.rate {
+        Rate::PerSecond(rate) if sender.prefills() => {
+            // Message k is due at start + k / rate; its row is written
+            // PREFILL_LEAD before that, so the first ones start later.
+            let start = Instant::now() + PREFILL_LEAD;
+            let start_unix_us = now_us() + PREFILL_LEAD.as_micros() as i64;
+            let (tx, mut rx) = mpsc::channel(((rate * 0.5) as usize).max(64));
+            let prefill = tokio::spawn(prefill_loop(
+                sender.clone(),
+                targets.clone(),
+                rate,
+                (start, start_unix_us),
+                w.payload_len,
+                tx,
+                stop.clone(),
+            ));
+            let mut sent = 0u64;
+            'send: while !stop.is_cancelled() {
+                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                while sent < due {
+                    let scheduled = start + Duration::from_secs_f64(sent as f64 / rate);
+                    let Some(prepared) = rx.recv().await else {
+                        break 'send;
+                    };
+                    let permit = permits.clone().acquire_owned().await.expect("open");
+                    max_lag = max_lag.max(Instant::now().saturating_duration_since(scheduled));
+                    let (sender, counters, all) =
+                        (sender.clone(), counters.clone(), targets.clone());
+                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                    let i = next;
+                    tokio::spawn(async move {
+                        let sent = match prepared {
+                            Ok(p) => sender.dispatch(&p, &all[i]).await,
+                            Err(e) => Err(e),
+                        };
+                        counters.count(sent);
+                        drop(permit);
+                    });
+                    next = (next + 1) % targets.len();
+                    sent += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            prefill.abort();
+        }
         Rate::PerSecond(rate) => {
             let mut sent = 0u64;
             while !stop.is_cancelled() {
@@ -174,5 +237,47 @@ pub async fn run(
         failed: counters.failed.load(Ordering::Relaxed),
         errors,
         max_lag_ms: max_lag.as_secs_f64() * 1e3,
+    }
+}
+
+/// Writes the rows of the open-loop dispatch drive ahead of their due times,
+/// in schedule order, and hands them to the send loop; a failed batch hands
+/// over one error per message, so each counts as a failed send.
+async fn prefill_loop(
+    sender: Arc<Sender>,
+    targets: Arc<Vec<ChannelTarget>>,
+    rate: f64,
+    (start, start_unix_us): (Instant, i64),
+    payload_len: usize,
+    tx: mpsc::Sender<Result<Prepared, DriveError>>,
+    stop: CancellationToken,
+) {
+    let per_batch = ((rate * PREFILL_BATCH.as_secs_f64()).ceil() as u64).max(1);
+    let mut k = 0u64;
+    while !stop.is_cancelled() {
+        let first_due = start + Duration::from_secs_f64(k as f64 / rate);
+        tokio::time::sleep_until(first_due.checked_sub(PREFILL_LEAD).unwrap_or(first_due)).await;
+        let batch: Vec<(&ChannelTarget, i64)> = (k..k + per_batch)
+            .map(|i| {
+                let due_us = start_unix_us + (i as f64 * 1e6 / rate) as i64;
+                (&targets[(i % targets.len() as u64) as usize], due_us)
+            })
+            .collect();
+        let prepared: Vec<Result<Prepared, DriveError>> =
+            match sender.prefill(&batch, payload_len).await {
+                Ok(rows) => rows.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    let label = e.to_string();
+                    (0..per_batch)
+                        .map(|_| Err(DriveError::Request(label.clone())))
+                        .collect()
+                }
+            };
+        for p in prepared {
+            if tx.send(p).await.is_err() {
+                return;
+            }
+        }
+        k += per_batch;
     }
 }
