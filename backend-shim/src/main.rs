@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         &args.common.nats_url,
         "otako-backend-shim".into(),
         Some(args.dispatch_timeout()),
+        false,
     )
     .await?;
 

@@ -105,6 +105,11 @@ pub struct RunArgs {
     /// Client processes (each holds at most ~18,000 sessions).
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Tokio worker threads of each gateway node the bench starts (default:
+    /// the machine's cores shared out over the nodes, at least one each, as
+    /// a node with a CPU limit of that many cores would pick for itself).
+    #[arg(long)]
+    pub gateway_threads: Option<usize>,
     /// Handshakes in progress at once, per client process.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,

@@ -23,6 +23,7 @@ pub struct Plan {
     pub peer: bool,
     pub shards: usize,
     pub connect_concurrency: usize,
+    pub gateway_threads: usize,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -142,10 +143,12 @@ impl Plan {
             .unwrap_or(shards)
             .max(sessions.div_ceil(SESSIONS_PER_SHARD))
             .max(1);
+        let nodes = a.nodes.unwrap_or(nodes).max(1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let plan = Plan {
             scenario: s,
             sessions,
-            nodes: a.nodes.unwrap_or(nodes).max(1),
+            nodes,
             layout: a.layout.unwrap_or(layout),
             drive: a.drive.unwrap_or(drive),
             rate: a.rate.unwrap_or(rate),
@@ -156,6 +159,7 @@ impl Plan {
             peer: a.peer.unwrap_or(peer),
             shards,
             connect_concurrency: a.connect_concurrency.max(1),
+            gateway_threads: a.gateway_threads.unwrap_or(cores / nodes).max(1),
         };
         if plan.sessions == 0 {
             return Err(PlanError::Invalid("--sessions must be at least 1".into()));
@@ -208,6 +212,10 @@ mod tests {
         assert_eq!(p.rss_steps, vec![50, 100, 150]);
         let p = Plan::resolve(&args(&["--scenario", "fanout", "--rate", "max:4"])).unwrap();
         assert_eq!(p.rate, Rate::Max { window: 4 });
+        let p = Plan::resolve(&args(&["--nodes", "64"])).unwrap();
+        assert_eq!(p.gateway_threads, 1, "at least one thread per node");
+        let p = Plan::resolve(&args(&["--gateway-threads", "3"])).unwrap();
+        assert_eq!(p.gateway_threads, 3);
     }
 
     #[test]

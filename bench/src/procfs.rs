@@ -85,6 +85,34 @@ pub fn pids_named(name: &str) -> Vec<u32> {
     pids
 }
 
+/// The machine's CPU time so far, summed over its cores: busy (user, nice,
+/// system, interrupts) and stolen by the hypervisor; the rest was idle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    pub busy: Duration,
+    pub steal: Duration,
+}
+
+pub fn machine_cpu() -> MachineCpu {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return MachineCpu::default();
+    };
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    let hz = clock_ticks_per_second();
+    let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / hz);
+    MachineCpu {
+        busy: time(at(0) + at(1) + at(2) + at(5) + at(6)),
+        steal: time(at(7)),
+    }
+}
+
 /// What the benchmark ran on.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
@@ -133,5 +161,7 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         let _ = cpu_time(me).unwrap();
         assert!(machine().nproc >= 1);
+        let m = machine_cpu();
+        assert!(m.busy > Duration::ZERO);
     }
 }

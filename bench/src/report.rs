@@ -76,6 +76,13 @@ pub struct DriveResult {
     /// The bench's own cost: the client processes, and the generator.
     pub clients_cpu_us_per_delivery: Option<f64>,
     pub generator_cpu_us_per_delivery: Option<f64>,
+    /// Every PostgreSQL process of the machine (the gateways' reads, and the
+    /// generator's or the backend's writes).
+    pub database_cpu_us_per_delivery: Option<f64>,
+    /// The whole machine during the window, in cores: busy, and stolen by
+    /// the hypervisor; what is left of `nproc` was idle.
+    pub machine_cores_busy: f64,
+    pub machine_cores_stolen: f64,
     pub series: Vec<SecondPoint>,
     /// (quantile, µs) pairs.
     pub distribution: Vec<(f64, u64)>,
@@ -216,6 +223,17 @@ pub fn table(r: &Report) -> String {
     });
     row("bench generator µs/delivery", &|s| {
         opt(d(s).and_then(|d| d.generator_cpu_us_per_delivery), 2)
+    });
+    row("database CPU µs/delivery", &|s| {
+        opt(d(s).and_then(|d| d.database_cpu_us_per_delivery), 2)
+    });
+    row("machine cores busy / stolen", &|s| {
+        d(s).map_or("-".into(), |d| {
+            format!(
+                "{:.2} / {:.2}",
+                d.machine_cores_busy, d.machine_cores_stolen
+            )
+        })
     });
     let lat = |s: &SystemResult| d(s).and_then(|d| d.latency_us);
     row("latency p50", &|s| ms(lat(s).map(|l| l.p50)));

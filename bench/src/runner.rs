@@ -112,7 +112,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         let secret = format!("bench-{:032x}", rand::random::<u128>());
         let (s, e) = OwnStack::start(
             &paths,
-            plan.nodes,
+            (plan.nodes, plan.gateway_threads),
             plan.drive == Drive::Http,
             &secret,
             &run_id,
@@ -393,6 +393,8 @@ struct CpuSnapshot {
     broker: Duration,
     clients: Duration,
     generator: Duration,
+    database: Duration,
+    machine: procfs::MachineCpu,
 }
 
 impl CpuSnapshot {
@@ -402,6 +404,10 @@ impl CpuSnapshot {
             broker: broker.map_or(Duration::ZERO, |p| procfs::cpu_time_sum(&[p])),
             clients: procfs::cpu_time_sum(clients),
             generator: procfs::cpu_time_sum(&[std::process::id()]),
+            // Backends that end inside the window take their time with them;
+            // the pools keep theirs open, so that is little.
+            database: procfs::cpu_time_sum(&procfs::pids_named("postgres")),
+            machine: procfs::machine_cpu(),
         }
     }
 }
@@ -588,6 +594,22 @@ impl PhaseContext<'_> {
                 c1.generator.saturating_sub(c0.generator),
                 deliveries,
             ),
+            database_cpu_us_per_delivery: per_delivery(
+                c1.database.saturating_sub(c0.database),
+                deliveries,
+            ),
+            machine_cores_busy: c1
+                .machine
+                .busy
+                .saturating_sub(c0.machine.busy)
+                .as_secs_f64()
+                / window.as_secs_f64(),
+            machine_cores_stolen: c1
+                .machine
+                .steal
+                .saturating_sub(c0.machine.steal)
+                .as_secs_f64()
+                / window.as_secs_f64(),
             series: merged.series(start_us),
             distribution: merged.distribution(),
         })

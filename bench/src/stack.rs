@@ -166,7 +166,7 @@ impl OwnStack {
     /// JetStream, `nodes` gateway nodes and, if asked, the backend.
     pub async fn start(
         paths: &Paths,
-        nodes: usize,
+        (nodes, threads): (usize, usize),
         backend: bool,
         secret: &str,
         run_id: &str,
@@ -249,15 +249,13 @@ impl OwnStack {
         let mut admins = Vec::with_capacity(nodes);
         for i in 0..nodes {
             let (ws, admin) = (loopback(port()?), loopback(port()?));
-            let mut env = common(vec![
+            let env = common(vec![
                 ("OTAKO_GATEWAY_LISTEN", ws.to_string()),
                 ("OTAKO_ADMIN_LISTEN", admin.to_string()),
                 ("OTAKO_NODE_ID", format!("bench-gw-{}", i + 1)),
                 ("OTAKO_DRAIN_WINDOW_MS", "200".to_owned()),
+                ("TOKIO_WORKER_THREADS", threads.to_string()),
             ]);
-            if let Ok(t) = std::env::var("OTAKO_BENCH_GATEWAY_THREADS") {
-                env.push(("TOKIO_WORKER_THREADS", t));
-            }
             gateways.push(Proc::spawn(
                 &format!("gateway-{}", i + 1),
                 &gateway_bin,

@@ -150,33 +150,39 @@ pub async fn run(
                 tx,
                 stop.clone(),
             ));
-            let mut sent = 0u64;
-            'send: while !stop.is_cancelled() {
-                let due = (start.elapsed().as_secs_f64() * rate) as u64;
-                while sent < due {
-                    let scheduled = start + Duration::from_secs_f64(sent as f64 / rate);
-                    let Some(prepared) = rx.recv().await else {
-                        break 'send;
+            // Time is kept on a thread of its own: tokio's timer counts
+            // whole milliseconds, which would send each message up to 2 ms
+            // after its due time (and show that as latency).
+            let (due_tx, mut due_rx) = mpsc::unbounded_channel();
+            let pacer = {
+                let (start, stop) = (start.into_std(), stop.clone());
+                std::thread::spawn(move || pace(start, rate, due_tx, stop))
+            };
+            loop {
+                let k = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    k = due_rx.recv() => match k { Some(k) => k, None => break },
+                };
+                let scheduled = start + Duration::from_secs_f64(k as f64 / rate);
+                let Some(prepared) = rx.recv().await else {
+                    break;
+                };
+                let permit = permits.clone().acquire_owned().await.expect("open");
+                max_lag = max_lag.max(Instant::now().saturating_duration_since(scheduled));
+                let (sender, counters, all) = (sender.clone(), counters.clone(), targets.clone());
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                let i = (k % targets.len() as u64) as usize;
+                tokio::spawn(async move {
+                    let sent = match prepared {
+                        Ok(p) => sender.dispatch(&p, &all[i]).await,
+                        Err(e) => Err(e),
                     };
-                    let permit = permits.clone().acquire_owned().await.expect("open");
-                    max_lag = max_lag.max(Instant::now().saturating_duration_since(scheduled));
-                    let (sender, counters, all) =
-                        (sender.clone(), counters.clone(), targets.clone());
-                    counters.sent.fetch_add(1, Ordering::Relaxed);
-                    let i = next;
-                    tokio::spawn(async move {
-                        let sent = match prepared {
-                            Ok(p) => sender.dispatch(&p, &all[i]).await,
-                            Err(e) => Err(e),
-                        };
-                        counters.count(sent);
-                        drop(permit);
-                    });
-                    next = (next + 1) % targets.len();
-                    sent += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                    counters.count(sent);
+                    drop(permit);
+                });
             }
+            drop(due_rx);
+            let _ = pacer.join();
             prefill.abort();
         }
         Rate::PerSecond(rate) => {
@@ -279,5 +285,28 @@ async fn prefill_loop(
             }
         }
         k += per_batch;
+    }
+}
+
+/// Hands over the index of each message at its due time (start + k / rate),
+/// sleeping on the OS timer in between; late, it catches up at once. Ends
+/// when `stop` is cancelled or nobody listens.
+fn pace(
+    start: std::time::Instant,
+    rate: f64,
+    due: mpsc::UnboundedSender<u64>,
+    stop: CancellationToken,
+) {
+    let mut k = 0u64;
+    while !stop.is_cancelled() {
+        let at = start + Duration::from_secs_f64(k as f64 / rate);
+        let now = std::time::Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        if due.send(k).is_err() {
+            return;
+        }
+        k += 1;
     }
 }

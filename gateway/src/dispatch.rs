@@ -6,7 +6,8 @@
 //! to the channel the event names.
 
 use crate::db::{self, DbError};
-use crate::fanout::FanoutEvent;
+use crate::fanout::{FanoutEvent, Hub};
+use crate::server;
 use crate::sink::{self, ErrorSink};
 use async_nats::{HeaderMap, Message};
 use otako_common::proto::{
@@ -18,6 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument, Span};
 
@@ -79,6 +81,8 @@ pub struct Dispatcher {
     messages: db::MessageLoader,
     sink: ErrorSink,
     delivered_here: moka::sync::Cache<String, ()>,
+    /// This node's sessions, which get the events this node publishes.
+    hub: Arc<Hub>,
     node_id: String,
     /// Requests answered and failed, for `$SRV.STATS`.
     pub handled: AtomicU64,
@@ -90,6 +94,7 @@ impl Dispatcher {
         nats: async_nats::Client,
         pool: PgPool,
         sink: ErrorSink,
+        hub: Arc<Hub>,
         node_id: String,
     ) -> Dispatcher {
         Dispatcher {
@@ -101,6 +106,7 @@ impl Dispatcher {
                 .max_capacity(200_000)
                 .time_to_live(DELIVERED_TTL)
                 .build(),
+            hub,
             node_id,
             handled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -281,14 +287,14 @@ impl Dispatcher {
         request_headers: Option<&HeaderMap>,
     ) -> Result<(), EventError> {
         let d = RawValue::from_string(payload).expect("rendered JSON is valid");
-        let body = serde_json::to_vec(&FanoutEvent {
+        let ev = FanoutEvent {
             event_id,
             t,
             channel_id,
             user_id,
             d: &d,
-        })
-        .expect("fan-out event serializes");
+        };
+        let body = serde_json::to_vec(&ev).expect("fan-out event serializes");
         let mut headers = HeaderMap::new();
         telemetry::inject_nats(&Span::current(), &mut headers);
         if let Some(at) = request_headers.and_then(|h| h.get(COMMITTED_AT_HEADER)) {
@@ -296,10 +302,20 @@ impl Dispatcher {
         }
         // The reply goes out on this same connection after this publish, so a
         // sender that got success:true knows the event reached the server.
+        // The server does not echo it back to this node (`no_echo`): this
+        // node's sessions get it here, without the round trip.
         self.nats
-            .publish_with_headers(FANOUT_SUBJECT, headers, body.into())
+            .publish_with_headers(FANOUT_SUBJECT, headers.clone(), body.into())
             .await
-            .map_err(|e| EventError::Publish(e.to_string()))
+            .map_err(|e| EventError::Publish(e.to_string()))?;
+        // Before the reply, so a member the event adds is in this node's
+        // index once the sender hears success. Another node's earlier event
+        // of the channel reached this node's firehose subscription before
+        // this request did (the sender waits for each answer), and the load
+        // above kept this task waiting a database round trip since: long
+        // enough for the firehose loop to have routed it.
+        server::route(&self.hub, &ev, Some(&headers), server::Origin::Local);
+        Ok(())
     }
 
     fn mark_delivered(&self, key: String) {
