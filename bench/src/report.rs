@@ -83,6 +83,9 @@ pub struct DriveResult {
     /// the hypervisor; what is left of `nproc` was idle.
     pub machine_cores_busy: f64,
     pub machine_cores_stolen: f64,
+    /// How late a thread sleeping 1 ms woke up during the window
+    /// (`latency::wakeup_probe`), in µs.
+    pub machine_wakeup_late_us: Option<LatencySummary>,
     pub series: Vec<SecondPoint>,
     /// (quantile, µs) pairs.
     pub distribution: Vec<(f64, u64)>,
@@ -235,6 +238,12 @@ pub fn table(r: &Report) -> String {
             )
         })
     });
+    row("machine wake-up late p99 / max", &|s| {
+        d(s).and_then(|d| d.machine_wakeup_late_us)
+            .map_or("-".into(), |w| {
+                format!("{} / {}", ms(Some(w.p99)), ms(Some(w.max)))
+            })
+    });
     let lat = |s: &SystemResult| d(s).and_then(|d| d.latency_us);
     row("latency p50", &|s| ms(lat(s).map(|l| l.p50)));
     row("latency p99", &|s| ms(lat(s).map(|l| l.p99)));
@@ -287,7 +296,7 @@ pub fn table(r: &Report) -> String {
     if let Some(c) = &r.comparison {
         let _ = writeln!(
             out,
-            "ours vs peer: deliveries/s ×{}, CPU per delivery ×{} less, RSS per session ×{} less, p99 ×{} lower",
+            "ours vs peer, above 1 in our favour: deliveries/s ×{}, CPU per delivery ×{}, RSS per session ×{}, p99 ×{}",
             opt(c.deliveries_per_sec_ratio, 2),
             opt(c.cpu_per_delivery_ratio, 2),
             opt(c.rss_per_session_ratio, 2),

@@ -553,7 +553,11 @@ impl PhaseContext<'_> {
         let p0 = self.fleet.progress().await?;
         let c0 = CpuSnapshot::take(server_pids, broker_pid, &clients);
         let (start_us, t0) = (latency::now_us(), Instant::now());
+        let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = latency::wakeup_probe(probe_stop.clone());
         tokio::time::sleep(plan.duration()).await;
+        probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let wakeup = probe.join().ok().flatten();
         let p1 = self.fleet.progress().await?;
         let c1 = CpuSnapshot::take(server_pids, broker_pid, &clients);
         let window = t0.elapsed();
@@ -610,6 +614,7 @@ impl PhaseContext<'_> {
                 .saturating_sub(c0.machine.steal)
                 .as_secs_f64()
                 / window.as_secs_f64(),
+            machine_wakeup_late_us: wakeup,
             series: merged.series(start_us),
             distribution: merged.distribution(),
         })
