@@ -38,7 +38,6 @@ async fn main() -> anyhow::Result<()> {
         &args.common.nats_url,
         "otako-backend-shim".into(),
         Some(args.dispatch_timeout()),
-        false,
     )
     .await?;
 

@@ -28,23 +28,16 @@ pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>, NatsError> {
 }
 
 /// Connects to any of the servers in `urls`, logging connection changes.
-/// With `no_echo` the server does not deliver what this connection publishes
-/// to this connection's own subscriptions.
 pub async fn connect(
     urls: &str,
     name: String,
     request_timeout: Option<Duration>,
-    no_echo: bool,
 ) -> Result<Client, NatsError> {
     let addrs = server_addrs(urls)?;
-    let mut options = async_nats::ConnectOptions::new()
+    async_nats::ConnectOptions::new()
         .name(name)
         .request_timeout(request_timeout)
-        .event_callback(|event| async move { info!(%event, "nats connection") });
-    if no_echo {
-        options = options.no_echo();
-    }
-    options
+        .event_callback(|event| async move { info!(%event, "nats connection") })
         .connect(addrs)
         .await
         .map_err(|e| NatsError::Connect {

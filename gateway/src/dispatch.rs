@@ -6,8 +6,7 @@
 //! to the channel the event names.
 
 use crate::db::{self, DbError};
-use crate::fanout::{FanoutEvent, Hub};
-use crate::server;
+use crate::fanout::FanoutEvent;
 use crate::sink::{self, ErrorSink};
 use async_nats::{HeaderMap, Message};
 use otako_common::proto::{
@@ -19,7 +18,6 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument, Span};
 
@@ -81,8 +79,6 @@ pub struct Dispatcher {
     messages: db::MessageLoader,
     sink: ErrorSink,
     delivered_here: moka::sync::Cache<String, ()>,
-    /// This node's sessions, which get the events this node publishes.
-    hub: Arc<Hub>,
     node_id: String,
     /// Requests answered and failed, for `$SRV.STATS`.
     pub handled: AtomicU64,
@@ -94,7 +90,6 @@ impl Dispatcher {
         nats: async_nats::Client,
         pool: PgPool,
         sink: ErrorSink,
-        hub: Arc<Hub>,
         node_id: String,
     ) -> Dispatcher {
         Dispatcher {
@@ -106,7 +101,6 @@ impl Dispatcher {
                 .max_capacity(200_000)
                 .time_to_live(DELIVERED_TTL)
                 .build(),
-            hub,
             node_id,
             handled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -287,14 +281,14 @@ impl Dispatcher {
         request_headers: Option<&HeaderMap>,
     ) -> Result<(), EventError> {
         let d = RawValue::from_string(payload).expect("rendered JSON is valid");
-        let ev = FanoutEvent {
+        let body = serde_json::to_vec(&FanoutEvent {
             event_id,
             t,
             channel_id,
             user_id,
             d: &d,
-        };
-        let body = serde_json::to_vec(&ev).expect("fan-out event serializes");
+        })
+        .expect("fan-out event serializes");
         let mut headers = HeaderMap::new();
         telemetry::inject_nats(&Span::current(), &mut headers);
         if let Some(at) = request_headers.and_then(|h| h.get(COMMITTED_AT_HEADER)) {
@@ -302,20 +296,15 @@ impl Dispatcher {
         }
         // The reply goes out on this same connection after this publish, so a
         // sender that got success:true knows the event reached the server.
-        // The server does not echo it back to this node (`no_echo`): this
-        // node's sessions get it here, without the round trip.
+        // This node's sessions get the event back from the server like every
+        // other node's. Routing it here directly (a `no_echo` connection) was
+        // tried: in a NATS cluster the previous event of the channel, handled
+        // by another node, can still be crossing a route then, and would reach
+        // this node's sessions after this one (sessions_membership caught it).
         self.nats
-            .publish_with_headers(FANOUT_SUBJECT, headers.clone(), body.into())
+            .publish_with_headers(FANOUT_SUBJECT, headers, body.into())
             .await
-            .map_err(|e| EventError::Publish(e.to_string()))?;
-        // Before the reply, so a member the event adds is in this node's
-        // index once the sender hears success. Another node's earlier event
-        // of the channel reached this node's firehose subscription before
-        // this request did (the sender waits for each answer), and the load
-        // above kept this task waiting a database round trip since: long
-        // enough for the firehose loop to have routed it.
-        server::route(&self.hub, &ev, Some(&headers), server::Origin::Local);
-        Ok(())
+            .map_err(|e| EventError::Publish(e.to_string()))
     }
 
     fn mark_delivered(&self, key: String) {

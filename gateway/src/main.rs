@@ -43,13 +43,10 @@ async fn main() -> anyhow::Result<()> {
     let node_id = args.node_id();
     let metrics = admin::install_metrics()?;
 
-    // no_echo: the node routes the events it publishes to its own sessions
-    // directly (see `dispatch`), so the firehose need not bring them back.
     let nats = otako_common::nats::connect(
         &args.common.nats_url,
         format!("otako-gateway {node_id}"),
         None,
-        true,
     )
     .await?;
     let js = async_nats::jetstream::new(nats.clone());
@@ -58,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         sink::ErrorSink::connect(js.clone(), replicas)
     })
     .await?;
+    let dispatcher = dispatch::Dispatcher::new(nats.clone(), pool.clone(), sink, node_id.clone());
     let limiter = with_retries("opening the session-limit buckets", || {
         limit::Limiter::connect(&js, args.max_sessions_per_user, node_id.clone(), replicas)
     })
@@ -65,13 +63,6 @@ async fn main() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
 
     let hub = fanout::Hub::new(args.session_queue);
-    let dispatcher = dispatch::Dispatcher::new(
-        nats.clone(),
-        pool.clone(),
-        sink,
-        hub.clone(),
-        node_id.clone(),
-    );
     let node = Arc::new(server::Node::new(
         node_id.clone(),
         hub.clone(),

@@ -5,7 +5,6 @@ use crate::dispatch::Dispatcher;
 use crate::fanout::{FanoutEvent, Frame, Hub, Kick};
 use crate::limit::SessionLimit;
 use crate::session;
-use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use otako_common::proto::{COMMITTED_AT_HEADER, DISPATCH_QUEUE, DISPATCH_SUBJECT};
 use otako_common::telemetry;
@@ -103,8 +102,6 @@ pub async fn heartbeat_sweep(hub: Arc<Hub>, interval: Duration) {
 }
 
 /// Routes every firehose event to this node's sessions, in arrival order.
-/// The node's own events do not come back (the connection is `no_echo`):
-/// the dispatcher routes those itself ([`route`]).
 pub async fn firehose_loop(mut sub: async_nats::Subscriber, hub: Arc<Hub>) {
     while let Some(msg) = sub.next().await {
         let ev: FanoutEvent<'_> = match serde_json::from_slice(&msg.payload) {
@@ -114,52 +111,27 @@ pub async fn firehose_loop(mut sub: async_nats::Subscriber, hub: Arc<Hub>) {
                 continue;
             }
         };
-        route(&hub, &ev, msg.headers.as_ref(), Origin::Firehose);
+        let mut frame = Frame::new(ev.t.as_str(), ev.d);
+        frame.committed_at_us = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(COMMITTED_AT_HEADER))
+            .and_then(|v| v.as_str().parse().ok());
+        let span = info_span!(
+            target: telemetry::TRACE_ONLY,
+            "fanout.deliver",
+            otel.name = "deliver to sessions",
+            event_id = ev.event_id,
+            channel_id = ev.channel_id,
+            recipients = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        telemetry::continue_from_nats(&span, msg.headers.as_ref());
+        telemetry::record_trace_id(&span, msg.headers.as_ref());
+        let n = span.in_scope(|| hub.deliver(&ev, frame));
+        // As i64: the OpenTelemetry bridge exports u64 fields as strings.
+        span.record("recipients", n as i64);
     }
-}
-
-/// Where an event routed here came from, for `otako_fanout_events_total`.
-#[derive(Debug, Clone, Copy)]
-pub enum Origin {
-    /// This node handled its dispatch request.
-    Local,
-    /// Another node did, and published it on the firehose.
-    Firehose,
-}
-
-/// Routes one loaded event to this node's sessions, in a span of its own:
-/// continuing the trace in `headers` (an event from the firehose), or a child
-/// of the current span (the handling node's own event).
-pub fn route(
-    hub: &Hub,
-    ev: &FanoutEvent<'_>,
-    headers: Option<&HeaderMap>,
-    origin: Origin,
-) -> usize {
-    let from = match origin {
-        Origin::Local => "local",
-        Origin::Firehose => "firehose",
-    };
-    metrics::counter!("otako_fanout_events_total", "from" => from).increment(1);
-    let mut frame = Frame::new(ev.t.as_str(), ev.d);
-    frame.committed_at_us = headers
-        .and_then(|h| h.get(COMMITTED_AT_HEADER))
-        .and_then(|v| v.as_str().parse().ok());
-    let span = info_span!(
-        target: telemetry::TRACE_ONLY,
-        "fanout.deliver",
-        otel.name = "deliver to sessions",
-        event_id = ev.event_id,
-        channel_id = ev.channel_id,
-        recipients = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    telemetry::continue_from_nats(&span, headers);
-    telemetry::record_trace_id(&span, headers);
-    let n = span.in_scope(|| hub.deliver(ev, frame));
-    // As i64: the OpenTelemetry bridge exports u64 fields as strings.
-    span.record("recipients", n as i64);
-    n
 }
 
 /// Answers dispatch requests until `stop` is cancelled, then finishes those

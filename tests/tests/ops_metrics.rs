@@ -164,18 +164,6 @@ async fn prometheus_metrics_follow_real_traffic() {
         base("otako_fanout_deliveries_total", &[]) + 3.0,
         "one delivery per member session and event (carol is no member)"
     );
-    // The only node handled them all and routed them itself: the server
-    // echoes nothing it published back to it (no_echo).
-    assert_eq!(
-        m2.sum("otako_fanout_events_total", &[("from", "local")]),
-        base("otako_fanout_events_total", &[("from", "local")]) + 3.0
-    );
-    assert_eq!(
-        m2.sum("otako_fanout_events_total", &[("from", "firehose")]),
-        0.0,
-        "nothing came back over the firehose:\n{}",
-        m2.text
-    );
     assert!(m2.has_type("otako_commit_to_socket_seconds", "histogram"));
     assert!(m2.sum("otako_commit_to_socket_seconds_sum", &[]) > 0.0);
 
