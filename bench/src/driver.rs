@@ -1,7 +1,9 @@
 //! How one message is sent: through the backend's HTTP API, straight into
 //! the dispatch connection (a row written to PostgreSQL and a request on
 //! `otako.dispatch`, as the backend would), or published to the peer. Every
-//! message's content starts with its send time (`ts=<unix micros>;`).
+//! message's content starts with a time stamp (`ts=<unix micros>;`): when it
+//! was sent, or, for a row written ahead ([`Sender::prefill`]), when its
+//! dispatch request is due.
 
 use crate::latency::{now_us, stamped_payload};
 use crate::seed;
@@ -14,6 +16,9 @@ use sqlx::PgPool;
 pub enum DriveError {
     #[error("inserting the message: {0}")]
     Insert(#[from] seed::SeedError),
+    /// A batch of rows written ahead failed; each of its messages counts it.
+    #[error("writing rows ahead: {0}")]
+    Prefill(String),
     #[error("dispatch request: {0}")]
     Request(String),
     #[error("dispatch answered success:false: {0}")]
@@ -90,8 +95,8 @@ impl Sender {
         payload_len: usize,
     ) -> Result<Vec<Prepared>, DriveError> {
         let Sender::Dispatch { pool, .. } = self else {
-            return Err(DriveError::Request(
-                "only the dispatch drive prefills".into(),
+            return Err(DriveError::Prefill(
+                "only the dispatch drive writes rows ahead".into(),
             ));
         };
         let rows: Vec<(i64, i64, String)> = due

@@ -194,18 +194,35 @@ fn summarize(h: &Histogram<u64>) -> Option<LatencySummary> {
 /// message (generator, NATS, gateway, PostgreSQL, client) waits for such a
 /// wake-up, so no end-to-end figure can beat a few of these in a row. On
 /// this virtual machine the host decides most of it (idle: p99 ≈ 2 ms).
-pub fn wakeup_probe(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Option<LatencySummary>> {
-    std::thread::spawn(move || {
-        let mut h = histogram(3);
-        let nap = std::time::Duration::from_millis(1);
-        while !stop.load(Ordering::Relaxed) {
-            let t = std::time::Instant::now();
-            std::thread::sleep(nap);
-            let late = t.elapsed().saturating_sub(nap);
-            h.saturating_record((late.as_micros() as u64).max(1));
-        }
-        summarize(&h)
-    })
+pub struct WakeupProbe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Option<LatencySummary>>,
+}
+
+impl WakeupProbe {
+    pub fn start() -> WakeupProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut h = histogram(3);
+            let nap = std::time::Duration::from_millis(1);
+            while !flag.load(Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                std::thread::sleep(nap);
+                let late = t.elapsed().saturating_sub(nap);
+                h.saturating_record((late.as_micros() as u64).max(1));
+            }
+            summarize(&h)
+        });
+        WakeupProbe { stop, thread }
+    }
+
+    /// Stops the probe and returns what it saw (None if it saw nothing).
+    /// Waits for the nap in progress: a millisecond or so.
+    pub fn finish(self) -> Option<LatencySummary> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().ok().flatten()
+    }
 }
 
 /// One second of the latency-over-time series.
@@ -250,11 +267,9 @@ mod tests {
 
     #[test]
     fn the_wakeup_probe_measures_until_stopped() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let probe = wakeup_probe(stop.clone());
+        let probe = WakeupProbe::start();
         std::thread::sleep(std::time::Duration::from_millis(30));
-        stop.store(true, Ordering::Relaxed);
-        let s = probe.join().unwrap().expect("some naps were measured");
+        let s = probe.finish().expect("some naps were measured");
         assert!(
             s.count >= 1 && s.count <= 30,
             "one sample per 1 ms nap: {s:?}"

@@ -553,11 +553,9 @@ impl PhaseContext<'_> {
         let p0 = self.fleet.progress().await?;
         let c0 = CpuSnapshot::take(server_pids, broker_pid, &clients);
         let (start_us, t0) = (latency::now_us(), Instant::now());
-        let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let probe = latency::wakeup_probe(probe_stop.clone());
+        let probe = latency::WakeupProbe::start();
         tokio::time::sleep(plan.duration()).await;
-        probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let wakeup = probe.join().ok().flatten();
+        let wakeup = probe.finish();
         let p1 = self.fleet.progress().await?;
         let c1 = CpuSnapshot::take(server_pids, broker_pid, &clients);
         let window = t0.elapsed();

@@ -17,10 +17,11 @@ use crate::latency::now_us;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -93,14 +94,25 @@ struct Counters {
 }
 
 impl Counters {
-    fn count(&self, sent: Result<(), DriveError>) {
-        match sent {
-            Ok(()) => self.ok.fetch_add(1, Ordering::Relaxed),
-            Err(e) => {
-                *self.errors.lock().entry(e.label()).or_default() += 1;
-                self.failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
+    /// Counts one send and runs it on its own task, holding its in-flight
+    /// permit until it is answered.
+    fn spawn(
+        self: &Arc<Counters>,
+        permit: OwnedSemaphorePermit,
+        send: impl Future<Output = Result<(), DriveError>> + Send + 'static,
+    ) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let counters = self.clone();
+        tokio::spawn(async move {
+            match send.await {
+                Ok(()) => counters.ok.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    *counters.errors.lock().entry(e.label()).or_default() += 1;
+                    counters.failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            drop(permit);
+        });
     }
 }
 
@@ -124,14 +136,10 @@ pub async fn run(
     let targets: Arc<Vec<ChannelTarget>> = Arc::new(w.targets);
     let mut next = 0usize;
     let mut max_lag = Duration::ZERO;
-    let send_one = |i: usize, permit: tokio::sync::OwnedSemaphorePermit| {
-        let (sender, counters, targets) = (sender.clone(), counters.clone(), targets.clone());
+    let send_one = |i: usize, permit: OwnedSemaphorePermit| {
+        let (sender, targets) = (sender.clone(), targets.clone());
         let len = w.payload_len;
-        counters.sent.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            counters.count(sender.send(&targets[i], len).await);
-            drop(permit);
-        });
+        counters.spawn(permit, async move { sender.send(&targets[i], len).await });
     };
     let start = Instant::now();
     match w.rate {
@@ -169,20 +177,19 @@ pub async fn run(
                 };
                 let permit = permits.clone().acquire_owned().await.expect("open");
                 max_lag = max_lag.max(Instant::now().saturating_duration_since(scheduled));
-                let (sender, counters, all) = (sender.clone(), counters.clone(), targets.clone());
-                counters.sent.fetch_add(1, Ordering::Relaxed);
+                let (sender, all) = (sender.clone(), targets.clone());
                 let i = (k % targets.len() as u64) as usize;
-                tokio::spawn(async move {
-                    let sent = match prepared {
+                counters.spawn(permit, async move {
+                    match prepared {
                         Ok(p) => sender.dispatch(&p, &all[i]).await,
                         Err(e) => Err(e),
-                    };
-                    counters.count(sent);
-                    drop(permit);
+                    }
                 });
             }
-            drop(due_rx);
-            let _ = pacer.join();
+            // The pacer ends by itself after its current sleep (stop is
+            // set, or nobody listens): joining it here could block this
+            // runtime thread for a whole gap between messages.
+            drop((due_rx, pacer));
             prefill.abort();
         }
         Rate::PerSecond(rate) => {
@@ -273,9 +280,9 @@ async fn prefill_loop(
             match sender.prefill(&batch, payload_len).await {
                 Ok(rows) => rows.into_iter().map(Ok).collect(),
                 Err(e) => {
-                    let label = e.to_string();
+                    let why = e.to_string();
                     (0..per_batch)
-                        .map(|_| Err(DriveError::Request(label.clone())))
+                        .map(|_| Err(DriveError::Prefill(why.clone())))
                         .collect()
                 }
             };
