@@ -4,38 +4,27 @@
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::outbox;
+use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use otako_common::proto::{
-    self, parse_id, Author, EventType, MemberRef, MessageObject, MessageRef,
-};
-use otako_common::token::{Claims, TokenKey};
+use chrono::Utc;
+use otako_common::bus::{self, SIGNATURE_HEADER};
+use otako_common::event::{parse_id, Event, MemberRef, MessageRef};
+use otako_common::message::{MessageObject, MessageRow, MESSAGE_COLUMNS, MESSAGE_FROM};
+use otako_common::proto;
+use otako_common::token::Claims;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::{PgPool, Postgres, Transaction};
-use std::sync::Arc;
-use tokio::sync::Notify;
+use std::net::SocketAddr;
 
 const MAX_BODY: usize = 64 * 1024;
 const MAX_CONTENT_CHARS: usize = 2000;
 const MAX_NONCE_CHARS: usize = 64;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub key: TokenKey,
-    pub token_ttl_secs: i64,
-    pub nats: async_nats::Client,
-    /// Wakes the dispatcher right after a commit, so events go out at once.
-    pub outbox_wake: Arc<Notify>,
-    /// What the pings of the gateway cluster show.
-    pub gateways: tokio::sync::watch::Receiver<otako_common::service::PeerStatus>,
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -68,12 +57,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
             Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
+            Err(JsonRejection::BytesRejection(r))
+                if std::error::Error::source(&r)
+                    .is_some_and(otako_common::http::is_body_timeout) =>
+            {
+                Err(ApiError::BodyTimeout)
+            }
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
                 "Content-Type must be application/json".into(),
             )),
             Err(r) => Err(ApiError::BadRequest(r.body_text())),
         }
     }
+}
+
+/// PostgreSQL text cannot hold NUL, so it is refused as input rather than
+/// failing the insert.
+fn no_nul(text: &str, what: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::BadRequest(format!(
+            "{what} must not contain NUL characters"
+        )));
+    }
+    Ok(())
 }
 
 fn id(s: &str, what: &'static str) -> Result<i64, ApiError> {
@@ -100,8 +106,11 @@ struct NewUser {
     username: String,
 }
 
+/// Account creation is limited per source address: one address cannot mint
+/// accounts (and with them fresh per-user limits) by the hundred.
 async fn create_user(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(body): Body<NewUser>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !valid_username(&body.username) {
@@ -109,6 +118,7 @@ async fn create_user(
             "username must be 2-32 characters of a-z, 0-9 and _".into(),
         ));
     }
+    state.limits.signups.take(peer.ip())?;
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO users (username) VALUES ($1) ON CONFLICT (username) DO NOTHING RETURNING id",
     )
@@ -135,10 +145,16 @@ async fn revoke_tokens(
     .bind(me.user_id)
     .fetch_one(&state.pool)
     .await?;
-    let notice = json!({"user_id": me.user_id.to_string(), "generation": generation});
+    let notice = json!({"user_id": me.user_id.to_string(), "generation": generation}).to_string();
+    // Signed, so that gateways act only on revocations the cluster made.
+    let mut headers = async_nats::HeaderMap::new();
+    let signature = state
+        .bus_key
+        .sign(proto::REVOKE_SUBJECT, bus::now_ms(), notice.as_bytes());
+    headers.insert(SIGNATURE_HEADER, signature.as_str());
     if let Err(e) = state
         .nats
-        .publish(proto::REVOKE_SUBJECT, notice.to_string().into())
+        .publish_with_headers(proto::REVOKE_SUBJECT, headers, notice.into())
         .await
     {
         tracing::warn!(error = %e, "could not announce a revocation to the gateways");
@@ -162,6 +178,9 @@ async fn create_channel(
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
     }
+    no_nul(name, "name")?;
+    // Creating a channel adds its creator as a member.
+    state.limits.members.take(me.user_id)?;
     let mut tx = state.pool.begin().await?;
     // A new channel has no other writers yet: no lock needed.
     let channel_id: i64 =
@@ -180,14 +199,7 @@ async fn create_channel(
         channel_id,
         user_id: me.user_id,
     };
-    commit_with_event(
-        &state,
-        tx,
-        EventType::ChannelMemberAdd,
-        channel_id,
-        member.to_data(),
-    )
-    .await?;
+    commit_with_event(&state, tx, Event::MemberAdd(member)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": channel_id.to_string(), "name": name})),
@@ -211,11 +223,9 @@ async fn begin_channel_write(
 async fn commit_with_event(
     state: &AppState,
     mut tx: Transaction<'static, Postgres>,
-    t: EventType,
-    channel_id: i64,
-    data: Value,
+    event: Event,
 ) -> Result<(), ApiError> {
-    outbox::enqueue(&mut tx, t, channel_id, data).await?;
+    outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
     Ok(())
@@ -244,6 +254,7 @@ async fn add_member(
     Path((channel_id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (channel_id, user_id) = (id(&channel_id, "channel_id")?, id(&user_id, "user_id")?);
+    state.limits.members.take(me.user_id)?;
     let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
     let user_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
         .bind(user_id)
@@ -266,26 +277,34 @@ async fn add_member(
             channel_id,
             user_id,
         };
-        commit_with_event(
-            &state,
-            tx,
-            EventType::ChannelMemberAdd,
-            channel_id,
-            member.to_data(),
-        )
-        .await?;
+        commit_with_event(&state, tx, Event::MemberAdd(member)).await?;
     }
     // Already a member: nothing was written, nothing to announce.
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A member may remove themselves; the channel's owner (its creator) may
+/// remove anyone; nobody else may remove anyone, so the owner is never
+/// removed but by their own leave.
 async fn remove_member(
     State(state): State<AppState>,
     Caller(me): Caller,
     Path((channel_id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (channel_id, user_id) = (id(&channel_id, "channel_id")?, id(&user_id, "user_id")?);
+    state.limits.members.take(me.user_id)?;
     let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
+    if user_id != me.user_id {
+        let owner: i64 = sqlx::query_scalar("SELECT created_by FROM channels WHERE id = $1")
+            .bind(channel_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if owner != me.user_id {
+            return Err(ApiError::Forbidden(
+                "only the channel's owner may remove other members".into(),
+            ));
+        }
+    }
     let removed = sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
         .bind(channel_id)
         .bind(user_id)
@@ -300,45 +319,8 @@ async fn remove_member(
         channel_id,
         user_id,
     };
-    commit_with_event(
-        &state,
-        tx,
-        EventType::ChannelMemberRemove,
-        channel_id,
-        member.to_data(),
-    )
-    .await?;
+    commit_with_event(&state, tx, Event::MemberRemove(member)).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-type MessageRow = (
-    i64,
-    i64,
-    i64,
-    String,
-    String,
-    Option<String>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-);
-
-const MESSAGE_COLUMNS: &str =
-    "m.id, m.channel_id, u.id, u.username, m.content, m.nonce, m.created_at, m.edited_at";
-
-fn message_object(row: MessageRow) -> MessageObject {
-    let (id, channel_id, author_id, username, content, nonce, created, edited) = row;
-    MessageObject {
-        id: id.to_string(),
-        channel_id: channel_id.to_string(),
-        author: Author {
-            id: author_id.to_string(),
-            username,
-        },
-        content,
-        nonce,
-        timestamp: proto::rfc3339(created),
-        edited_timestamp: edited.map(proto::rfc3339),
-    }
 }
 
 /// A live (not deleted) message of a channel.
@@ -348,7 +330,7 @@ async fn load_message(
     message_id: i64,
 ) -> Result<MessageRow, ApiError> {
     sqlx::query_as(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id \
+        "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} \
          WHERE m.id = $1 AND m.channel_id = $2 AND m.deleted_at IS NULL FOR UPDATE OF m"
     ))
     .bind(message_id)
@@ -368,7 +350,7 @@ async fn load_own_message(
     verb: &str,
 ) -> Result<MessageRow, ApiError> {
     let row = load_message(tx, channel_id, message_id).await?;
-    if row.2 != caller {
+    if row.author_id != caller {
         return Err(ApiError::Forbidden(format!(
             "only the author may {verb} a message"
         )));
@@ -383,7 +365,7 @@ fn check_content(content: &str) -> Result<(), ApiError> {
             "content must be 1-{MAX_CONTENT_CHARS} characters"
         )));
     }
-    Ok(())
+    no_nul(content, "content")
 }
 
 #[derive(Deserialize)]
@@ -401,61 +383,50 @@ async fn create_message(
 ) -> Result<Json<MessageObject>, ApiError> {
     let channel_id = id(&channel_id, "channel_id")?;
     check_content(&body.content)?;
-    if body
-        .nonce
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_NONCE_CHARS)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "nonce must be at most {MAX_NONCE_CHARS} characters"
-        )));
+    if let Some(nonce) = &body.nonce {
+        if nonce.chars().count() > MAX_NONCE_CHARS {
+            return Err(ApiError::BadRequest(format!(
+                "nonce must be at most {MAX_NONCE_CHARS} characters"
+            )));
+        }
+        no_nul(nonce, "nonce")?;
     }
+    // Before anything is read or written: a refused post costs nothing.
+    state.limits.messages.take(me.user_id)?;
     let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
-    let inserted: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO messages (channel_id, author_id, content, nonce) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (author_id, nonce) WHERE nonce IS NOT NULL DO NOTHING \
-         RETURNING id, created_at",
-    )
+    let inserted: Option<MessageRow> = sqlx::query_as(&format!(
+        "WITH m AS (INSERT INTO messages (channel_id, author_id, content, nonce) \
+                    VALUES ($1, $2, $3, $4) \
+                    ON CONFLICT (author_id, channel_id, nonce) WHERE nonce IS NOT NULL DO NOTHING \
+                    RETURNING *) \
+         SELECT {MESSAGE_COLUMNS} FROM m JOIN users u ON u.id = m.author_id"
+    ))
     .bind(channel_id)
     .bind(me.user_id)
     .bind(&body.content)
     .bind(&body.nonce)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((message_id, created)) = inserted else {
-        // The same nonce again: the first message, and no second event.
+    let Some(row) = inserted else {
+        // The same nonce again in this channel: the first message, and no
+        // second event.
         let row: MessageRow = sqlx::query_as(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id \
-             WHERE m.author_id = $1 AND m.nonce = $2"
+            "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} \
+             WHERE m.author_id = $1 AND m.channel_id = $2 AND m.nonce = $3"
         ))
         .bind(me.user_id)
+        .bind(channel_id)
         .bind(&body.nonce)
         .fetch_one(&mut *tx)
         .await?;
-        return Ok(Json(message_object(row)));
+        return Ok(Json(row.to_object()));
     };
     let event = MessageRef {
-        id: message_id,
+        id: row.id,
         channel_id,
     };
-    commit_with_event(
-        &state,
-        tx,
-        EventType::MessageCreate,
-        channel_id,
-        event.to_data(),
-    )
-    .await?;
-    Ok(Json(message_object((
-        message_id,
-        channel_id,
-        me.user_id,
-        me.username,
-        body.content,
-        body.nonce,
-        created,
-        None,
-    ))))
+    commit_with_event(&state, tx, Event::MessageCreate(event)).await?;
+    Ok(Json(row.to_object()))
 }
 
 #[derive(Deserialize)]
@@ -475,10 +446,11 @@ async fn edit_message(
     );
     check_content(&body.content)?;
     let mut tx = begin_channel_write(&state, channel_id, me.user_id).await?;
-    let row = load_own_message(&mut tx, channel_id, message_id, me.user_id, "edit").await?;
-    let edited: DateTime<Utc> = sqlx::query_scalar(
-        "UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 RETURNING edited_at",
-    )
+    load_own_message(&mut tx, channel_id, message_id, me.user_id, "edit").await?;
+    let row: MessageRow = sqlx::query_as(&format!(
+        "WITH m AS (UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 RETURNING *) \
+         SELECT {MESSAGE_COLUMNS} FROM m JOIN users u ON u.id = m.author_id"
+    ))
     .bind(message_id)
     .bind(&body.content)
     .fetch_one(&mut *tx)
@@ -487,25 +459,8 @@ async fn edit_message(
         id: message_id,
         channel_id,
     };
-    commit_with_event(
-        &state,
-        tx,
-        EventType::MessageUpdate,
-        channel_id,
-        event.to_data(),
-    )
-    .await?;
-    let (id, ch, author, username, _, nonce, created, _) = row;
-    Ok(Json(message_object((
-        id,
-        ch,
-        author,
-        username,
-        body.content,
-        nonce,
-        created,
-        Some(edited),
-    ))))
+    commit_with_event(&state, tx, Event::MessageUpdate(event)).await?;
+    Ok(Json(row.to_object()))
 }
 
 async fn delete_message(
@@ -527,14 +482,7 @@ async fn delete_message(
         id: message_id,
         channel_id,
     };
-    commit_with_event(
-        &state,
-        tx,
-        EventType::MessageDelete,
-        channel_id,
-        event.to_data(),
-    )
-    .await?;
+    commit_with_event(&state, tx, Event::MessageDelete(event)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -562,7 +510,7 @@ async fn list_messages(
     };
     require_member(&state.pool, channel_id, me.user_id).await?;
     let rows: Vec<MessageRow> = sqlx::query_as(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id \
+        "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} \
          WHERE m.channel_id = $1 AND m.id < $2 AND m.deleted_at IS NULL \
          ORDER BY m.id DESC LIMIT $3"
     ))
@@ -571,7 +519,7 @@ async fn list_messages(
     .bind(limit)
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(rows.into_iter().map(message_object).collect()))
+    Ok(Json(rows.iter().map(MessageRow::to_object).collect()))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Who is calling: the `Authorization` token, checked by signature, expiry,
 //! and the user's current token generation (so revoked tokens fail).
 
-use crate::api::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use otako_common::token::{self, Claims};

@@ -1,7 +1,9 @@
 //! Command-line flags, each also an environment variable (see CONTRACT.md).
 
+use crate::limits::{Limits, Rate};
 use clap::{Parser, Subcommand};
 use otako_common::cli::CommonArgs;
+use otako_common::http::LimitArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -44,6 +46,43 @@ pub struct Args {
     /// Lifetime of issued tokens.
     #[arg(long, env = "OTAKO_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub token_ttl_secs: i64,
+
+    /// Header and body timeouts and the connection cap of the HTTP listener.
+    #[command(flatten)]
+    pub http: LimitArgs,
+
+    /// Messages one user may post per second, on average (0: no limit).
+    #[arg(long, env = "OTAKO_MESSAGE_RATE_PER_S", default_value_t = 5.0)]
+    pub message_rate_per_s: f64,
+
+    /// Messages one user may post at once before the rate applies (0: no limit).
+    #[arg(long, env = "OTAKO_MESSAGE_BURST", default_value_t = 20)]
+    pub message_burst: u32,
+
+    /// Member additions and removals one user may make per second (0: no limit).
+    #[arg(long, env = "OTAKO_MEMBER_RATE_PER_S", default_value_t = 2.0)]
+    pub member_rate_per_s: f64,
+
+    /// Member changes one user may make at once (0: no limit).
+    #[arg(long, env = "OTAKO_MEMBER_BURST", default_value_t = 30)]
+    pub member_burst: u32,
+
+    /// Accounts one source address may create per second (0: no limit).
+    #[arg(long, env = "OTAKO_SIGNUP_RATE_PER_S", default_value_t = 0.1)]
+    pub signup_rate_per_s: f64,
+
+    /// Accounts one source address may create at once (0: no limit).
+    #[arg(long, env = "OTAKO_SIGNUP_BURST", default_value_t = 10)]
+    pub signup_burst: u32,
+    /// Gateway WebSocket URLs the chat page at `/` connects to
+    /// (comma-separated), served at `/config.json`.
+    #[arg(
+        long,
+        env = "OTAKO_PUBLIC_GATEWAY_URLS",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/gateway"
+    )]
+    pub public_gateway_urls: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,5 +98,22 @@ impl Args {
 
     pub fn dispatch_backoff(&self) -> Duration {
         Duration::from_millis(self.dispatch_backoff_ms)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits::new(
+            Rate {
+                per_s: self.message_rate_per_s,
+                burst: self.message_burst,
+            },
+            Rate {
+                per_s: self.member_rate_per_s,
+                burst: self.member_burst,
+            },
+            Rate {
+                per_s: self.signup_rate_per_s,
+                burst: self.signup_burst,
+            },
+        )
     }
 }

@@ -1,12 +1,14 @@
 //! `/healthz` and `/metrics` of the backend.
 
-use crate::api::AppState;
-use crate::outbox;
+use crate::outbox::{self, DispatchStats};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Healthy when the database answers; reports NATS and the outbox backlog.
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
@@ -36,10 +38,27 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
     }
 }
 
-pub async fn metrics(State((state, handle)): State<(AppState, PrometheusHandle)>) -> String {
-    if let Ok((pending, oldest)) = outbox::backlog(&state.pool).await {
+#[derive(Clone)]
+pub struct MetricsState {
+    pub app: AppState,
+    pub handle: PrometheusHandle,
+    /// The dispatcher's figures; `$SRV.STATS` reads the same atomics, so
+    /// each figure has one home and the two views never disagree.
+    pub stats: Arc<DispatchStats>,
+}
+
+pub async fn metrics(State(m): State<MetricsState>) -> String {
+    if let Ok((pending, oldest)) = outbox::backlog(&m.app.pool).await {
         metrics::gauge!("otako_outbox_pending").set(pending as f64);
         metrics::gauge!("otako_outbox_oldest_pending_seconds").set(oldest.unwrap_or(0.0));
     }
-    handle.render()
+    let s = &m.stats;
+    for (name, figure) in [
+        ("otako_outbox_delivered_total", &s.delivered),
+        ("otako_outbox_dropped_total", &s.dropped),
+        ("otako_outbox_failed_attempts_total", &s.failed_attempts),
+    ] {
+        metrics::counter!(name).absolute(figure.load(Ordering::Relaxed));
+    }
+    m.handle.render()
 }

@@ -5,13 +5,19 @@ mod auth;
 mod config;
 mod error;
 mod health;
+mod limits;
 mod outbox;
+mod state;
+mod trace;
+mod web;
 
 use anyhow::Context;
 use axum::routing::get;
 use clap::Parser;
 use config::{Args, Command};
+use otako_common::bus::BusKey;
 use otako_common::{service, telemetry, token};
+use state::AppState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +39,13 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let secret = token::resolve_secret(args.common.token_secret.as_deref(), args.common.dev)?;
+    let bus_key = BusKey::from_secret(&secret);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let nats = otako_common::nats::connect(
         &args.common.nats_url,
+        &args
+            .common
+            .nats_options(otako_common::nats::BACKEND_INBOX_PREFIX),
         "otako-backend-shim".into(),
         Some(args.dispatch_timeout()),
     )
@@ -49,24 +59,30 @@ async fn main() -> anyhow::Result<()> {
         gateways_tx,
     ));
     let wake = Arc::new(Notify::new());
-    let state = api::AppState {
-        pool: pool.clone(),
+    let dispatcher = outbox::Dispatcher::new(
+        pool.clone(),
+        nats.clone(),
+        bus_key.clone(),
+        outbox::Policy {
+            max_attempts: args.dispatch_max_attempts,
+            timeout: args.dispatch_timeout(),
+            backoff: args.dispatch_backoff(),
+        },
+        gateways.clone(),
+    );
+    let stats = dispatcher.stats.clone();
+    let state = AppState {
+        pool,
         key: token::TokenKey::new(&secret),
+        bus_key,
         token_ttl_secs: args.token_ttl_secs,
         nats: nats.clone(),
         outbox_wake: wake.clone(),
-        gateways: gateways.clone(),
-    };
-    let dispatcher = outbox::Dispatcher::new(
-        pool,
-        nats.clone(),
-        args.dispatch_max_attempts,
-        args.dispatch_timeout(),
-        args.dispatch_backoff(),
         gateways,
-    );
-    let stats = dispatcher.stats.clone();
+        limits: Arc::new(args.limits()),
+    };
     let node_id = format!("backend-{}", std::process::id());
+    let srv_stats = stats.clone();
     let _service = service::register(
         &nats,
         service::BACKEND_SERVICE,
@@ -74,9 +90,9 @@ async fn main() -> anyhow::Result<()> {
         "Otako HTTP backend: writes, outbox, dispatch",
         move || {
             serde_json::json!({
-                "delivered": stats.delivered.load(Ordering::Relaxed),
-                "dropped": stats.dropped.load(Ordering::Relaxed),
-                "failed_attempts": stats.failed_attempts.load(Ordering::Relaxed),
+                "delivered": srv_stats.delivered.load(Ordering::Relaxed),
+                "dropped": srv_stats.dropped.load(Ordering::Relaxed),
+                "failed_attempts": srv_stats.failed_attempts.load(Ordering::Relaxed),
             })
         },
     )
@@ -87,43 +103,24 @@ async fn main() -> anyhow::Result<()> {
         .route("/healthz", get(health::healthz).with_state(state.clone()))
         .route(
             "/metrics",
-            get(health::metrics).with_state((state, metrics)),
+            get(health::metrics).with_state(health::MetricsState {
+                app: state,
+                handle: metrics,
+                stats,
+            }),
         )
-        .layer(axum::middleware::from_fn(trace_request));
+        .merge(web::router(&args.public_gateway_urls))
+        .layer(axum::middleware::from_fn(trace::trace_request));
     let listener = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding {}", args.http_listen))?;
     info!(http = %args.http_listen, "backend ready");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            // Finish the requests in flight; events not yet acknowledged stay
-            // pending and go out after a restart.
-            otako_common::cli::shutdown_signal().await;
-            info!("shutting down");
-        })
-        .await?;
+    otako_common::http::serve(listener, app, args.http.limits(), async {
+        // Finish the requests in flight; events not yet acknowledged stay
+        // pending and go out after a restart.
+        otako_common::cli::shutdown_signal().await;
+        info!("shutting down");
+    })
+    .await?;
     Ok(())
-}
-
-/// One span per request, continuing the caller's trace if it sent one.
-async fn trace_request(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use tracing::Instrument;
-    let span = tracing::info_span!(
-        "http.request",
-        otel.name = format!("{} {}", req.method(), req.uri().path()),
-        http.method = %req.method(),
-        http.path = %req.uri().path(),
-        http.status = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    telemetry::continue_from_http(&span, req.headers());
-    if let Some(id) = telemetry::trace_id(&span, None) {
-        span.record("trace_id", id.as_str());
-    }
-    let resp = next.run(req).instrument(span.clone()).await;
-    span.record("http.status", resp.status().as_u16());
-    resp
 }

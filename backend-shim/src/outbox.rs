@@ -12,13 +12,21 @@
 //! responders"), events wait in the outbox without spending attempts.
 //! After `max_attempts`, an event is logged once and marked `dropped` (kept
 //! for audit). State lives in the table, so whatever was not acknowledged
-//! before a crash is sent after the restart.
+//! before a crash is sent after the restart, and a backoff in progress
+//! (`next_attempt_at`) still holds after it.
+//!
+//! Only a reply signed with the cluster's bus key counts: any NATS client
+//! can join the gateways' queue group, and an impostor's `success:true`
+//! would otherwise mark an event delivered that no session ever got. An
+//! unsigned, forged or stale reply is counted, logged once per kind, and
+//! retried without spending an attempt.
 
-use async_nats::{HeaderMap, RequestErrorKind};
+use async_nats::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use otako_common::proto::{
-    DispatchRequest, EventType, Roundtrip, COMMITTED_AT_HEADER, DISPATCH_SUBJECT,
-};
+use futures_util::StreamExt;
+use otako_common::bus::{self, BusError, BusKey, SIGNATURE_HEADER};
+use otako_common::event::{DispatchRequest, Event};
+use otako_common::proto::{Roundtrip, COMMITTED_AT_HEADER, DISPATCH_SUBJECT};
 use otako_common::service::PeerStatus;
 use otako_common::telemetry;
 use serde_json::Value;
@@ -28,16 +36,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tracing::{error, info_span, warn, Instrument};
 
 /// Channels taken up per poll of the outbox.
 const MAX_CHANNELS_PER_POLL: i64 = 10_000;
 /// How often the outbox is read even without a wake-up (after a restart, for
-/// rows written by another process).
+/// rows written by another process, for backoffs that ran out).
 const POLL: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Wait between tries while no gateway is subscribed.
 const NO_GATEWAY_WAIT: Duration = Duration::from_millis(200);
+/// After a reply that fails its signature check, how long a genuine reply
+/// may still take to arrive on the same inbox (an impostor that answers
+/// every request races the real node), and then the wait before the retry.
+const REJECTED_GRACE: Duration = Duration::from_millis(250);
+const REJECTED_WAIT: Duration = Duration::from_millis(100);
+/// How far a reply's signing time may be from the backend's clock.
+const MAX_REPLY_AGE_MS: i64 = 60_000;
 
 /// Serialises writes to one channel: call first in every transaction that
 /// will enqueue an event for the channel. Rows and outbox ids of a channel are
@@ -57,17 +73,15 @@ pub async fn lock_channel(
 /// that its dispatch continues the request's trace.
 pub async fn enqueue(
     tx: &mut Transaction<'static, Postgres>,
-    t: EventType,
-    channel_id: i64,
-    data: Value,
+    event: &Event,
 ) -> Result<i64, sqlx::Error> {
     let traceparent = telemetry::traceparent(&tracing::Span::current());
     sqlx::query_scalar(
         "INSERT INTO outbox (event_type, channel_id, data, traceparent) VALUES ($1, $2, $3, $4) RETURNING id",
     )
-    .bind(t.as_str())
-    .bind(channel_id)
-    .bind(data)
+    .bind(event.t().as_str())
+    .bind(event.channel_id())
+    .bind(event.to_data())
     .bind(traceparent)
     .fetch_one(&mut **tx)
     .await
@@ -82,9 +96,13 @@ struct Pending {
     traceparent: Option<String>,
     attempts: i32,
     created_at: DateTime<Utc>,
+    /// Seconds until `next_attempt_at`, by the database's clock (which
+    /// also wrote it); zero or less when the event is due.
+    due_in_secs: f64,
 }
 
-/// Live figures for `$SRV.STATS`.
+/// The dispatcher's figures, read by `$SRV.STATS` and rendered as counters
+/// by `/metrics`: one home for each.
 #[derive(Debug, Default)]
 pub struct DispatchStats {
     pub delivered: AtomicU64,
@@ -92,35 +110,49 @@ pub struct DispatchStats {
     pub failed_attempts: AtomicU64,
 }
 
+/// How hard an event is tried.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub max_attempts: u32,
+    /// How long one attempt waits for its answer.
+    pub timeout: Duration,
+    /// The wait after the first failed attempt; it doubles per attempt.
+    pub backoff: Duration,
+}
+
 #[derive(Clone)]
 pub struct Dispatcher {
     pool: PgPool,
     nats: async_nats::Client,
-    max_attempts: u32,
-    timeout: Duration,
-    backoff: Duration,
+    /// Checks that a reply comes from a genuine gateway.
+    bus_key: BusKey,
+    policy: Policy,
     /// How many gateways answer pings; attempts wait while none does.
     gateways: watch::Receiver<PeerStatus>,
     pub stats: Arc<DispatchStats>,
+    /// Kinds of rejected replies already logged: the first of each is.
+    rejections_logged: Arc<Mutex<HashSet<&'static str>>>,
 }
 
 impl Dispatcher {
     pub fn new(
         pool: PgPool,
         nats: async_nats::Client,
-        max_attempts: u32,
-        timeout: Duration,
-        backoff: Duration,
+        bus_key: BusKey,
+        policy: Policy,
         gateways: watch::Receiver<PeerStatus>,
     ) -> Dispatcher {
         Dispatcher {
             pool,
             nats,
-            max_attempts: max_attempts.max(1),
-            timeout,
-            backoff,
+            bus_key,
+            policy: Policy {
+                max_attempts: policy.max_attempts.max(1),
+                ..policy
+            },
             gateways,
             stats: Arc::default(),
+            rejections_logged: Arc::default(),
         }
     }
 
@@ -144,8 +176,11 @@ impl Dispatcher {
     pub async fn run(self, wake: Arc<Notify>) {
         let active: Arc<Mutex<HashSet<i64>>> = Arc::default();
         loop {
+            // Channels with an event that is due; a worker that finds its
+            // head event still backing off waits for it (see work_channel).
             let channels: Result<Vec<i64>, _> = sqlx::query_scalar(
-                "SELECT DISTINCT channel_id FROM outbox WHERE status = 'pending' LIMIT $1",
+                "SELECT DISTINCT channel_id FROM outbox \
+                 WHERE status = 'pending' AND next_attempt_at <= now() LIMIT $1",
             )
             .bind(MAX_CHANNELS_PER_POLL)
             .fetch_all(&self.pool)
@@ -183,14 +218,24 @@ impl Dispatcher {
     ) {
         loop {
             let next: Result<Option<Pending>, _> = sqlx::query_as(
-                "SELECT id, event_type, channel_id, data, traceparent, attempts, created_at \
+                "SELECT id, event_type, channel_id, data, traceparent, attempts, created_at, \
+                        EXTRACT(EPOCH FROM next_attempt_at - now())::float8 AS due_in_secs \
                  FROM outbox WHERE status = 'pending' AND channel_id = $1 ORDER BY id LIMIT 1",
             )
             .bind(channel_id)
             .fetch_optional(&self.pool)
             .await;
             match next {
-                Ok(Some(event)) => self.deliver(event).await,
+                Ok(Some(event)) => {
+                    // A backoff written before a restart still holds: the
+                    // channel's head waits for it, and so do the events
+                    // behind it (their order is the channel's order).
+                    if event.due_in_secs > 0.0 {
+                        let wait = Duration::from_secs_f64(event.due_in_secs.min(3600.0));
+                        tokio::time::sleep(wait).await;
+                    }
+                    self.deliver(event).await
+                }
                 Ok(None) => break,
                 Err(e) => {
                     warn!(error = %e, channel_id, "could not read the outbox; retrying");
@@ -208,7 +253,7 @@ impl Dispatcher {
     async fn deliver(&self, event: Pending) {
         let mut attempts = event.attempts.max(0) as u32;
         let mut last_error = String::new();
-        while attempts < self.max_attempts {
+        while attempts < self.policy.max_attempts {
             self.wait_for_gateway().await;
             let span = info_span!(
                 "outbox.dispatch",
@@ -225,27 +270,27 @@ impl Dispatcher {
             match self.attempt(&event).instrument(span).await {
                 Ok(()) => {
                     self.finish(event.id, "delivered", attempts + 1, None).await;
-                    metrics::counter!("otako_outbox_delivered_total").increment(1);
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                // Nobody to ask: wait without spending an attempt.
+                Err(AttemptError::NoGateway) => tokio::time::sleep(NO_GATEWAY_WAIT).await,
+                // Only an impostor answered: the event is not at fault.
+                Err(AttemptError::Rejected(_)) => tokio::time::sleep(REJECTED_WAIT).await,
+                // The history is electing a leader (seconds): wait for it
+                // without spending the event's attempts.
+                Err(AttemptError::Unavailable(_)) => tokio::time::sleep(NO_GATEWAY_WAIT).await,
                 // Unanswered while every gateway went away: not the
-                // event's fault, so no attempt is spent.
-                Err(AttemptError::Failed(_)) if self.gateways_gone() => continue,
-                Err(AttemptError::NoGateway) => {
-                    // Nobody to ask: wait without spending an attempt.
-                    tokio::time::sleep(NO_GATEWAY_WAIT).await;
-                    continue;
-                }
-                Err(AttemptError::Failed(e)) => {
+                // event's fault either.
+                Err(e) if e.unanswered() && self.gateways_gone() => {}
+                Err(e) => {
                     attempts += 1;
-                    metrics::counter!("otako_outbox_failed_attempts_total").increment(1);
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    last_error = e;
+                    last_error = e.to_string();
                     let backoff = self.backoff_for(attempts);
                     self.record_attempt(event.id, attempts, &last_error, backoff)
                         .await;
-                    if attempts < self.max_attempts {
+                    if attempts < self.policy.max_attempts {
                         tokio::time::sleep(backoff).await;
                     }
                 }
@@ -260,24 +305,28 @@ impl Dispatcher {
             last_error,
             "dropping event: not delivered after the maximum number of attempts"
         );
-        metrics::counter!("otako_outbox_dropped_total").increment(1);
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         self.finish(event.id, "dropped", attempts, Some(&last_error))
             .await;
     }
 
     fn backoff_for(&self, attempts: u32) -> Duration {
-        let exp = self.backoff.saturating_mul(1u32 << (attempts - 1).min(16));
+        let exp = self
+            .policy
+            .backoff
+            .saturating_mul(1u32 << (attempts - 1).min(16));
         let capped = exp.min(MAX_BACKOFF);
         // Up to 20% jitter, so retries of many channels do not beat in step.
         capped.mul_f64(1.0 + rand::random::<f64>() * 0.2)
     }
 
+    /// One request and its answer. The reply inbox is this attempt's own,
+    /// so replies to it are replies to this request; the first one whose
+    /// signature holds decides.
     async fn attempt(&self, event: &Pending) -> Result<(), AttemptError> {
-        let t = event.event_type.clone();
         let id = event.id.to_string();
         let request = DispatchRequest {
-            t,
+            t: event.event_type.clone(),
             d: event.data.clone(),
             op: 0,
             s: Value::String(id.clone()),
@@ -290,33 +339,85 @@ impl Dispatcher {
             COMMITTED_AT_HEADER,
             event.created_at.timestamp_micros().to_string().as_str(),
         );
-        let reply = tokio::time::timeout(
-            self.timeout,
-            self.nats
-                .request_with_headers(DISPATCH_SUBJECT, headers, body.into()),
-        )
-        .await;
-        let reply = match reply {
-            Err(_) => return Err(AttemptError::Failed("no answer in time".into())),
-            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
-                return Err(AttemptError::NoGateway)
+        let inbox = self.nats.new_inbox();
+        let mut replies = self.nats.subscribe(inbox.clone()).await?;
+        self.nats
+            .publish_with_reply_and_headers(DISPATCH_SUBJECT, inbox, headers, body.into())
+            .await?;
+        let deadline = Instant::now() + self.policy.timeout;
+        let mut rejected: Option<(BusError, Instant)> = None;
+        loop {
+            let until = match &rejected {
+                Some((_, at)) => deadline.min(*at + REJECTED_GRACE),
+                None => deadline,
+            };
+            let reply = match tokio::time::timeout_at(until, replies.next()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Err(AttemptError::Disconnected),
+                Err(_) => {
+                    return Err(match rejected {
+                        Some((e, _)) => AttemptError::Rejected(e),
+                        None => AttemptError::Timeout,
+                    })
+                }
+            };
+            if reply.status == Some(StatusCode::NO_RESPONDERS) {
+                return Err(AttemptError::NoGateway);
             }
-            Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => {
-                return Err(AttemptError::Failed("no answer in time".into()))
+            let signature = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(SIGNATURE_HEADER))
+                .map(|v| v.as_str());
+            let checked = self.bus_key.verify(
+                reply.subject.as_str(),
+                signature,
+                &reply.payload,
+                bus::now_ms(),
+                MAX_REPLY_AGE_MS,
+            );
+            if let Err(e) = checked {
+                self.count_rejection(&e, event.id);
+                rejected.get_or_insert((e, Instant::now()));
+                continue;
             }
-            Ok(Err(e)) => return Err(AttemptError::Failed(format!("request failed: {e}"))),
-            Ok(Ok(msg)) => msg,
-        };
-        let answer: Roundtrip = serde_json::from_slice(&reply.payload)
-            .map_err(|e| AttemptError::Failed(format!("unreadable reply: {e}")))?;
-        if answer.success {
-            Ok(())
-        } else {
-            Err(AttemptError::Failed(
-                answer
-                    .error
-                    .unwrap_or_else(|| "gateway answered success:false".into()),
-            ))
+            let answer: Roundtrip = serde_json::from_slice(&reply.payload)?;
+            return if answer.success {
+                Ok(())
+            } else if answer.unavailable {
+                Err(AttemptError::Unavailable(
+                    answer.error.unwrap_or_else(|| "history unavailable".into()),
+                ))
+            } else {
+                Err(AttemptError::Refused(
+                    answer
+                        .error
+                        .unwrap_or_else(|| "gateway answered success:false".into()),
+                ))
+            };
+        }
+    }
+
+    /// Counts a reply that failed its signature check; logs the first of
+    /// each kind (later ones are in the metric, not the log, so an attacker
+    /// cannot flood it).
+    fn count_rejection(&self, e: &BusError, event_id: i64) {
+        let kind = e.kind();
+        metrics::counter!("otako_bus_rejected_total", "subject" => "roundtrip", "kind" => kind)
+            .increment(1);
+        let first = self
+            .rejections_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kind);
+        if first {
+            warn!(
+                event_id,
+                kind,
+                error = %e,
+                "rejected a dispatch reply that no genuine gateway signed; retrying \
+                 (later rejections of this kind are only counted in otako_bus_rejected_total)"
+            );
         }
     }
 
@@ -351,10 +452,38 @@ impl Dispatcher {
     }
 }
 
-#[derive(Debug)]
+/// Why one attempt did not deliver an event.
+#[derive(Debug, thiserror::Error)]
 enum AttemptError {
+    #[error("no gateway is subscribed")]
     NoGateway,
-    Failed(String),
+    #[error("no answer in time")]
+    Timeout,
+    #[error("the NATS connection closed the reply subscription")]
+    Disconnected,
+    #[error("could not subscribe to the reply inbox: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("could not send the request: {0}")]
+    Publish(#[from] async_nats::PublishError),
+    #[error("unreadable reply: {0}")]
+    Unreadable(#[from] serde_json::Error),
+    /// A genuine gateway answered `success:false`, with its reason.
+    #[error("{0}")]
+    Refused(String),
+    /// Only replies that fail the signature check came.
+    #[error("reply rejected: {0}")]
+    Rejected(BusError),
+    /// A genuine gateway could not reach the event history (it elects a
+    /// leader while a NATS server is replaced): not the event's fault.
+    #[error("gateway unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl AttemptError {
+    /// No answer at all (as opposed to an answer that said no).
+    fn unanswered(&self) -> bool {
+        matches!(self, AttemptError::Timeout | AttemptError::Disconnected)
+    }
 }
 
 /// Retries a state update until the database takes it: an outcome that is

@@ -5,6 +5,7 @@ mod control;
 mod driver;
 mod fleet;
 mod latency;
+mod measure;
 mod nats_wire;
 mod plan;
 mod plot;

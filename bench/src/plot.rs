@@ -3,6 +3,7 @@
 //! and the peer, drawn with plotters' bitmap backend. Text uses a font
 //! embedded in the binary, so it renders on machines without system fonts.
 
+use crate::latency::SecondPoint;
 use crate::report::{Report, SystemResult};
 use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
@@ -212,6 +213,56 @@ fn line_sample(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i3
     move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style)
 }
 
+/// Each system's per-second points (none without a drive), and the end of
+/// the time axis that holds them all: what the two charts over time share.
+fn per_second(sys: &[&SystemResult]) -> (Vec<Vec<SecondPoint>>, f64) {
+    let series: Vec<Vec<SecondPoint>> = sys
+        .iter()
+        .map(|s| {
+            s.drive
+                .as_ref()
+                .map(|d| d.series.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let tmax = series
+        .iter()
+        .flatten()
+        .map(|p| p.t + 1.0)
+        .fold(1.0f64, f64::max);
+    (series, tmax)
+}
+
+/// Draws one series as a line, named `label` in the legend, with a dot of
+/// radius `dots` at each point when given.
+fn draw_line<X, Y>(
+    chart: &mut Chart<'_, '_, X, Y>,
+    points: Vec<(f64, f64)>,
+    style: ShapeStyle,
+    label: String,
+    dots: Option<u32>,
+) -> Result<(), PlotError>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    chart
+        .draw_series(LineSeries::new(points.clone(), style))
+        .map_err(draw_err)?
+        .label(label)
+        .legend(line_sample(style));
+    if let Some(radius) = dots {
+        let fill = ShapeStyle {
+            filled: true,
+            ..style
+        };
+        chart
+            .draw_series(points.into_iter().map(|p| Circle::new(p, radius, fill)))
+            .map_err(draw_err)?;
+    }
+    Ok(())
+}
+
 fn log_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     let (lo, hi) = values
         .filter(|v| *v > 0.0)
@@ -250,20 +301,7 @@ fn log_axis(range: Range<f64>) -> WithKeyPoints<LogCoord<f64>> {
 }
 
 fn latency_over_time(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
-    let series: Vec<_> = sys
-        .iter()
-        .map(|s| {
-            s.drive
-                .as_ref()
-                .map(|d| d.series.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    let tmax = series
-        .iter()
-        .flatten()
-        .map(|p| p.t + 1.0)
-        .fold(1.0f64, f64::max);
+    let (series, tmax) = per_second(sys);
     let y = log_range(
         series
             .iter()
@@ -290,11 +328,13 @@ fn latency_over_time(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotE
                 let v = [p.p50_us, p.p99_us, p.max_us][pick] as f64 / 1e3;
                 (p.t, v.max(0.001))
             });
-            chart
-                .draw_series(LineSeries::new(line, style))
-                .map_err(draw_err)?
-                .label(format!("{} {name}", s.system))
-                .legend(line_sample(style));
+            draw_line(
+                &mut chart,
+                line.collect(),
+                style,
+                format!("{} {name}", s.system),
+                None,
+            )?;
         }
     }
     legend(&mut chart)
@@ -339,36 +379,13 @@ fn distribution(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError>
             .iter()
             .map(|(q, v)| (nines(*q), (*v as f64 / 1e3).max(0.001)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), style))
-            .map_err(draw_err)?
-            .label(s.system.clone())
-            .legend(line_sample(style));
-        chart
-            .draw_series(
-                pts.into_iter()
-                    .map(|p| Circle::new(p, 2, color(i).filled())),
-            )
-            .map_err(draw_err)?;
+        draw_line(&mut chart, pts, style, s.system.clone(), Some(2))?;
     }
     legend(&mut chart)
 }
 
 fn throughput(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
-    let series: Vec<_> = sys
-        .iter()
-        .map(|s| {
-            s.drive
-                .as_ref()
-                .map(|d| d.series.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    let tmax = series
-        .iter()
-        .flatten()
-        .map(|p| p.t + 1.0)
-        .fold(1.0f64, f64::max);
+    let (series, tmax) = per_second(sys);
     let ymax = series
         .iter()
         .flatten()
@@ -388,11 +405,8 @@ fn throughput(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
         let style = color(i).stroke_width(2);
         // The first and last seconds are partial: leave them out.
         let inner = pts.iter().skip(1).take(pts.len().saturating_sub(2));
-        chart
-            .draw_series(LineSeries::new(inner.map(|p| (p.t, p.count as f64)), style))
-            .map_err(draw_err)?
-            .label(s.system.clone())
-            .legend(line_sample(style));
+        let line = inner.map(|p| (p.t, p.count as f64)).collect();
+        draw_line(&mut chart, line, style, s.system.clone(), None)?;
     }
     legend(&mut chart)
 }
@@ -424,17 +438,7 @@ fn memory(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
             .iter()
             .map(|p| (p.sessions as f64, p.bytes_per_session / 1024.0))
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), style))
-            .map_err(draw_err)?
-            .label(s.system.clone())
-            .legend(line_sample(style));
-        chart
-            .draw_series(
-                pts.into_iter()
-                    .map(|p| Circle::new(p, 3, color(i).filled())),
-            )
-            .map_err(draw_err)?;
+        draw_line(&mut chart, pts, style, s.system.clone(), Some(3))?;
     }
     legend(&mut chart)
 }

@@ -8,6 +8,7 @@ use crate::control::{Command, SessionSpec, System};
 use crate::driver::{ChannelTarget, Sender};
 use crate::fleet::{Fleet, FleetError, Opened};
 use crate::latency::{self, Merged};
+use crate::measure::{self, per_delivery, CpuSnapshot};
 use crate::plan::{Plan, PlanError};
 use crate::procfs;
 use crate::report::{self, Comparison, DriveResult, Report, RssPoint, SystemResult};
@@ -37,8 +38,8 @@ pub enum RunError {
     Seed(#[from] seed::SeedError),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
-    #[error("connecting to NATS at {url}: {reason}")]
-    Nats { url: String, reason: String },
+    #[error(transparent)]
+    Nats(#[from] otako_common::nats::NatsError),
     #[error(transparent)]
     Histogram(#[from] latency::HistogramError),
     #[error(transparent)]
@@ -227,16 +228,17 @@ fn external_endpoints(args: &RunArgs, plan: &Plan) -> Result<Endpoints, RunError
     })
 }
 
+/// The generator's NATS connection, made the way both binaries make theirs
+/// (a comma-separated `--nats-url` works too).
 async fn nats_client(url: &str) -> Result<async_nats::Client, RunError> {
-    async_nats::ConnectOptions::new()
-        .name("otako-bench")
-        .request_timeout(Some(Duration::from_secs(10)))
-        .connect(url)
-        .await
-        .map_err(|e| RunError::Nats {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })
+    let client = otako_common::nats::connect(
+        url,
+        &otako_common::nats::NatsOptions::default(),
+        "otako-bench".into(),
+        Some(Duration::from_secs(10)),
+    )
+    .await?;
+    Ok(client)
 }
 
 /// Where each channel's messages come from: its first member.
@@ -370,52 +372,6 @@ struct PhaseContext<'a> {
     targets: &'a [ChannelTarget],
 }
 
-fn rss_sum(pids: &[u32]) -> u64 {
-    pids.iter().filter_map(|&p| procfs::rss_kib(p).ok()).sum()
-}
-
-/// Waits until the servers' memory stops moving (at most a few seconds).
-async fn settle(pids: &[u32]) -> u64 {
-    let mut last = rss_sum(pids);
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_sum(pids);
-        if now.abs_diff(last) * 200 <= last.max(1) {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
-struct CpuSnapshot {
-    server: Duration,
-    broker: Duration,
-    clients: Duration,
-    generator: Duration,
-    database: Duration,
-    machine: procfs::MachineCpu,
-}
-
-impl CpuSnapshot {
-    fn take(server: &[u32], broker: Option<u32>, clients: &[u32]) -> CpuSnapshot {
-        CpuSnapshot {
-            server: procfs::cpu_time_sum(server),
-            broker: broker.map_or(Duration::ZERO, |p| procfs::cpu_time_sum(&[p])),
-            clients: procfs::cpu_time_sum(clients),
-            generator: procfs::cpu_time_sum(&[std::process::id()]),
-            // Backends that end inside the window take their time with them;
-            // the pools keep theirs open, so that is little.
-            database: procfs::cpu_time_sum(&procfs::pids_named("postgres")),
-            machine: procfs::machine_cpu(),
-        }
-    }
-}
-
-fn per_delivery(d: Duration, deliveries: u64) -> Option<f64> {
-    (deliveries > 0).then(|| d.as_secs_f64() * 1e6 / deliveries as f64)
-}
-
 impl PhaseContext<'_> {
     /// Opens the system's sessions step by step, reading memory at each
     /// step, then drives messages if there is a sender.
@@ -428,7 +384,7 @@ impl PhaseContext<'_> {
         drive: Drive,
     ) -> Result<SystemResult, RunError> {
         let plan = self.plan;
-        let baseline = settle(server_pids).await;
+        let baseline = measure::settled_rss_kib(server_pids).await;
         let steps = if plan.rss_steps.is_empty() {
             vec![plan.sessions]
         } else {
@@ -463,17 +419,17 @@ impl PhaseContext<'_> {
                 *opened.errors.entry(k).or_default() += v;
             }
             if !plan.rss_steps.is_empty() {
-                let rss = settle(server_pids).await;
+                let rss = measure::settled_rss_kib(server_pids).await;
                 let held = self.fleet.progress().await?.held;
                 let point = RssPoint::new(held, rss, baseline, curve.last());
                 curve.push(point);
             }
         }
-        let rss_total = settle(server_pids).await;
+        let rss_total = measure::settled_rss_kib(server_pids).await;
         let held = self.fleet.progress().await?.held;
         let rss_kib: Vec<u64> = server_pids
             .iter()
-            .map(|&p| procfs::rss_kib(p).unwrap_or(0))
+            .map(|&p| measure::rss_kib(p).unwrap_or(0))
             .collect();
         let drive_result = match sender {
             Some(sender) => Some(

@@ -272,7 +272,11 @@ impl OwnStack {
         }
         let (backend, backend_url) = if backend {
             let addr = loopback(port()?);
-            let env = common(vec![("OTAKO_HTTP_LISTEN", addr.to_string())]);
+            // The http drive posts far faster than one chat user may.
+            let env = common(vec![
+                ("OTAKO_HTTP_LISTEN", addr.to_string()),
+                ("OTAKO_MESSAGE_RATE_PER_S", "0".to_owned()),
+            ]);
             let mut p = Proc::spawn(
                 "backend",
                 &backend_bin,

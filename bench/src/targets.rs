@@ -1,4 +1,4 @@
-//! The targets, checked against a run's figures.
+//! The benchmark's targets (BENCHMARKS.md), checked against a run's figures.
 
 use crate::config::Scenario;
 use crate::report::{Report, TargetCheck};

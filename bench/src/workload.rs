@@ -5,8 +5,8 @@
 //!
 //! In the open-loop dispatch drive the rows are written ahead of time, in
 //! batches ([`PREFILL_LEAD`]), each stamped with the time its dispatch request
-//! is due; latency then runs from the dispatch request, as the issue's
-//! "from the backend's commit (or the dispatch request)" allows, and the
+//! is due; latency then runs from the dispatch request (the benchmark's
+//! latency is "from the backend's commit, or the dispatch request"), and the
 //! generator's inserts cost the shared machine one round trip per batch
 //! instead of one per message. A request sent late still counts from its due
 //! time, so a lagging generator shows as latency, never hides it.

@@ -41,15 +41,69 @@ pub enum TokenError {
 pub enum SecretError {
     #[error("OTAKO_TOKEN_SECRET is not set (set OTAKO_DEV=1 to use the development secret)")]
     Missing,
-    #[error("OTAKO_TOKEN_SECRET must be at least 16 bytes")]
+    #[error("OTAKO_TOKEN_SECRET must be at least {MIN_SECRET_BYTES} bytes")]
     TooShort,
+    #[error(
+        "OTAKO_TOKEN_SECRET must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes outside development \
+         mode (e.g. `openssl rand -base64 48`; OTAKO_DEV=1 allows shorter ones)"
+    )]
+    Weak,
+    #[error(
+        "OTAKO_TOKEN_SECRET is a published or placeholder value that anyone can sign tokens with; \
+         set a random one (e.g. `openssl rand -base64 48`; OTAKO_DEV=1 allows it)"
+    )]
+    KnownPublic,
+}
+
+/// The shortest secret accepted at all.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// The shortest secret accepted outside development mode: an HMAC-SHA256
+/// key of 32 random bytes cannot be guessed.
+pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+
+/// Secrets that are in this repository, its history or common templates:
+/// anyone can sign tokens with them.
+const PUBLIC_SECRETS: &[&str] = &[
+    DEV_SECRET,
+    // The default deploy/compose.yaml once shipped.
+    "compose-dev-token-secret-not-for-production",
+    "changeme",
+    "change-me",
+    "changeit",
+    "secret",
+    "password",
+    "otako",
+    "your-secret-here",
+    "replace-me",
+    "replace-with-a-random-secret",
+    "please-change-this-secret-in-production",
+];
+
+/// Whether `secret` is one of the published values, or a value built by
+/// repeating a few characters (`changemechangeme...`, `0000...`), which no
+/// random generator produces.
+fn is_public(secret: &str) -> bool {
+    let lower = secret.trim().to_ascii_lowercase();
+    if PUBLIC_SECRETS.iter().any(|p| lower == *p) {
+        return true;
+    }
+    let mut distinct = [false; 256];
+    for b in lower.bytes() {
+        distinct[b as usize] = true;
+    }
+    distinct.iter().filter(|d| **d).count() < 10
 }
 
 /// Picks the token secret the contract's way: the configured one, else the
-/// fixed development secret only in development mode.
+/// fixed development secret only in development mode. Outside development
+/// mode a known public or placeholder secret, or one shorter than
+/// [`MIN_PRODUCTION_SECRET_BYTES`], is refused: tokens signed with it could
+/// be forged by anyone who read it.
 pub fn resolve_secret(configured: Option<&str>, dev: bool) -> Result<String, SecretError> {
     match configured.filter(|s| !s.is_empty()) {
-        Some(s) if s.len() < 16 => Err(SecretError::TooShort),
+        Some(s) if s.len() < MIN_SECRET_BYTES => Err(SecretError::TooShort),
+        Some(s) if !dev && is_public(s) => Err(SecretError::KnownPublic),
+        Some(s) if !dev && s.len() < MIN_PRODUCTION_SECRET_BYTES => Err(SecretError::Weak),
         Some(s) => Ok(s.to_owned()),
         None if dev => Ok(DEV_SECRET.to_owned()),
         None => Err(SecretError::Missing),
@@ -162,6 +216,22 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seed_token_is_what_sign_makes() {
+        // fuzz/corpus/token/seed-valid: if the encoding changes, tokens
+        // already issued stop verifying, and the seed must be made anew.
+        let key = TokenKey::new("otako-fuzz-secret-0123456789");
+        let seed = "eyJ1Ijo3LCJuIjoiYWxpY2UiLCJnIjowLCJlIjo0MTAyNDQ0ODAwfQ.rfErVyjAWJO8rHtluu0FeO84G9Ikjzj8q7Uc8OG2jyI";
+        let claims = Claims {
+            user_id: 7,
+            username: "alice".into(),
+            generation: 0,
+            expires_at: 4_102_444_800,
+        };
+        assert_eq!(key.sign(&claims), seed);
+        assert_eq!(key.verify(seed, 1_700_000_000), Ok(claims));
+    }
+
+    #[test]
     fn expired_tokens_are_refused() {
         let key = TokenKey::new("0123456789abcdef");
         let token = key.sign(&claims());
@@ -183,9 +253,48 @@ mod tests {
             resolve_secret(Some("short"), true),
             Err(SecretError::TooShort)
         );
+        // Development mode keeps today's 16-byte minimum.
         assert_eq!(
-            resolve_secret(Some("0123456789abcdef"), false).unwrap(),
+            resolve_secret(Some("0123456789abcdef"), true).unwrap(),
             "0123456789abcdef"
         );
+        let random = "Yl3Qh0q8mR2v9XwZb7TnK4sJ1dPfE6uA";
+        assert_eq!(resolve_secret(Some(random), false).unwrap(), random);
+    }
+
+    #[test]
+    fn production_refuses_public_and_short_secrets() {
+        assert_eq!(
+            resolve_secret(Some("0123456789abcdef"), false),
+            Err(SecretError::Weak)
+        );
+        assert_eq!(
+            resolve_secret(Some("short"), false),
+            Err(SecretError::TooShort)
+        );
+        for public in [
+            DEV_SECRET,
+            "compose-dev-token-secret-not-for-production",
+            "Compose-Dev-Token-Secret-Not-For-Production",
+            "please-change-this-secret-in-production",
+            "changemechangemechangemechangeme",
+            "00000000000000000000000000000000000000",
+            "abababababababababababababababababab",
+        ] {
+            assert_eq!(
+                resolve_secret(Some(public), false),
+                Err(SecretError::KnownPublic),
+                "{public}"
+            );
+            // Development mode takes them, as the contract allows.
+            assert_eq!(resolve_secret(Some(public), true).unwrap(), public);
+        }
+        // The end-to-end tests' secret (32 bytes) is a production-grade one.
+        assert!(resolve_secret(Some("otako-e2e-test-secret-0123456789"), false).is_ok());
+        // The error never repeats the secret.
+        let e = resolve_secret(Some(DEV_SECRET), false)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(DEV_SECRET), "{e}");
     }
 }

@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (send
 //! traffic here: not draining and NATS connected), `/metrics` (Prometheus).
 
-use crate::server::Node;
+use crate::dispatch::DispatchStats;
+use crate::node::Node;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -15,9 +16,15 @@ struct AdminState {
     node: Arc<Node>,
     nats: async_nats::Client,
     metrics: PrometheusHandle,
+    dispatch: Arc<DispatchStats>,
 }
 
-pub fn router(node: Arc<Node>, nats: async_nats::Client, metrics: PrometheusHandle) -> Router {
+pub fn router(
+    node: Arc<Node>,
+    nats: async_nats::Client,
+    metrics: PrometheusHandle,
+    dispatch: Arc<DispatchStats>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -26,6 +33,7 @@ pub fn router(node: Arc<Node>, nats: async_nats::Client, metrics: PrometheusHand
             node,
             nats,
             metrics,
+            dispatch,
         })
 }
 
@@ -47,6 +55,7 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
 
 async fn render_metrics(State(s): State<AdminState>) -> String {
     metrics::gauge!("otako_sessions_open").set(s.node.hub.session_count() as f64);
+    s.dispatch.export();
     s.metrics.render()
 }
 

@@ -37,13 +37,42 @@ pub fn token_from_request(req: &Request) -> (Option<String>, bool) {
     (from_protocol, select)
 }
 
+/// The upgrade header that carries a resume cursor (the `resume` query
+/// parameter does the same for browsers).
+pub const RESUME_HEADER: &str = "otako-resume";
+
+/// What the upgrade request says about the session: who, and where to
+/// resume from.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Upgrade {
+    pub token: Option<String>,
+    pub resume: Option<String>,
+}
+
+/// The cursor from `?resume=<cursor>` or the `Otako-Resume` header. Cursors
+/// use only characters that need no escaping in a query, so the value is
+/// taken as it is; a malformed one is the resume's to refuse.
+pub fn resume_from_request(req: &Request) -> Option<String> {
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("resume="))
+            .map(str::to_owned)
+    });
+    from_query.or_else(|| {
+        req.headers()
+            .get(RESUME_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+    })
+}
+
 /// The handshake callback: only `/gateway` upgrades; the token is handed out
-/// through `token` and checked after the upgrade, so a bad one gets a proper
-/// 4004 close instead of an opaque HTTP error.
+/// through `upgrade` and checked after the upgrade, so a bad one gets a
+/// proper 4004 close instead of an opaque HTTP error.
 // The error type is tungstenite's, fixed by its `Callback` trait.
 #[allow(clippy::result_large_err)]
 pub fn handshake<'a>(
-    token: &'a mut Option<String>,
+    upgrade: &'a mut Upgrade,
 ) -> impl FnOnce(&Request, Response) -> Result<Response, ErrorResponse> + 'a {
     move |req, mut resp| {
         if req.uri().path() != "/gateway" {
@@ -53,7 +82,8 @@ pub fn handshake<'a>(
             return Err(not_found);
         }
         let (found, select) = token_from_request(req);
-        *token = found;
+        upgrade.token = found;
+        upgrade.resume = resume_from_request(req);
         if select {
             resp.headers_mut().insert(
                 "sec-websocket-protocol",
@@ -115,6 +145,18 @@ mod tests {
             ])),
             (Some("xyz".into()), true)
         );
+    }
+
+    #[test]
+    fn resume_from_query_or_header() {
+        let q = Request::builder()
+            .uri("/gateway?v=1&resume=ab.12")
+            .body(())
+            .unwrap();
+        assert_eq!(resume_from_request(&q).as_deref(), Some("ab.12"));
+        let h = request(&[("otako-resume", " ab.13 ")]);
+        assert_eq!(resume_from_request(&h).as_deref(), Some("ab.13"));
+        assert_eq!(resume_from_request(&request(&[])), None);
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! Command-line flags, each also an environment variable (see CONTRACT.md).
 
+use crate::history::HistoryLimits;
+use crate::resume::ResumeLimits;
 use clap::{Parser, Subcommand};
 use otako_common::cli::CommonArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// A retry of an event is recognised for this long (the contract's at
+/// least 10 minutes).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +27,10 @@ pub struct Args {
     /// same flags as the backend's.
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Header and body timeouts and the connection cap of the admin listener.
+    #[command(flatten)]
+    pub http: otako_common::http::LimitArgs,
 
     /// Client WebSocket listener (the socket is at /gateway).
     #[arg(long, env = "OTAKO_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
@@ -59,6 +69,35 @@ pub struct Args {
     #[arg(long, env = "OTAKO_JETSTREAM_REPLICAS", default_value_t = 1)]
     pub jetstream_replicas: usize,
 
+    /// A cursor at most this old resumes (seconds).
+    #[arg(long, env = "OTAKO_RESUME_WINDOW_S", default_value_t = 600)]
+    pub resume_window_s: u64,
+
+    /// A resume that would replay more events than this starts fresh
+    /// instead (`resumed:false`).
+    #[arg(long, env = "OTAKO_RESUME_MAX_EVENTS", default_value_t = 10_000)]
+    pub resume_max_events: usize,
+
+    /// How long the event history keeps events (seconds); at least the
+    /// resume window and the 10-minute retry guarantee.
+    #[arg(long, env = "OTAKO_HISTORY_MAX_AGE_S", default_value_t = 900)]
+    pub history_max_age_s: u64,
+
+    /// Bytes the event history may hold; past it the oldest events go.
+    #[arg(long, env = "OTAKO_HISTORY_MAX_BYTES", default_value_t = 1 << 30)]
+    pub history_max_bytes: i64,
+
+    /// Session starts (database, session limit, replay) in progress at once;
+    /// more wait, and after 10 s are closed with 1013.
+    #[arg(long, env = "OTAKO_MAX_CONCURRENT_STARTS", default_value_t = 64)]
+    pub max_concurrent_starts: usize,
+
+    /// How often the node compares its sessions' token generations with the
+    /// database, closing revoked ones even if it missed the revocation
+    /// notice (milliseconds).
+    #[arg(long, env = "OTAKO_TOKEN_RECHECK_MS", default_value_t = 30_000)]
+    pub token_recheck_ms: u64,
+
     /// How often the backend is pinged ($SRV.PING.otako-backend-shim).
     #[arg(long, env = "OTAKO_PING_INTERVAL_MS", default_value_t = 5000)]
     pub ping_interval_ms: u64,
@@ -73,6 +112,24 @@ pub enum Command {
 impl Args {
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms.max(100))
+    }
+
+    pub fn resume_limits(&self) -> ResumeLimits {
+        ResumeLimits {
+            window: Duration::from_secs(self.resume_window_s),
+            max_events: self.resume_max_events.max(1),
+        }
+    }
+
+    pub fn history_limits(&self) -> HistoryLimits {
+        // The history keeps what a resume and a retry's deduplication need.
+        let max_age = Duration::from_secs(self.history_max_age_s.max(self.resume_window_s));
+        HistoryLimits {
+            replicas: self.jetstream_replicas,
+            max_age,
+            max_bytes: self.history_max_bytes,
+            duplicate_window: DUPLICATE_WINDOW.min(max_age),
+        }
     }
 
     pub fn drain_window(&self) -> Duration {

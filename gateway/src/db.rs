@@ -1,9 +1,7 @@
 //! The gateway's reads. It never writes: the backend owns every row.
 
-use chrono::{DateTime, Utc};
 use otako_common::db::{drop_dead_connections, is_connection_error};
-pub use otako_common::proto::rfc3339;
-use otako_common::proto::{Author, MessageObject};
+use otako_common::message::{MessageRow, MESSAGE_COLUMNS, MESSAGE_FROM};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use std::collections::HashMap;
@@ -45,58 +43,17 @@ where
     }
 }
 
-/// A message row with what the dispatcher needs to check before sending it.
-#[derive(Clone)]
-pub struct LoadedMessage {
-    pub channel_id: i64,
-    pub deleted: bool,
-    pub object: MessageObject,
-}
-
-type MessageRow = (
-    i64,
-    i64,
-    String,
-    Option<String>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    i64,
-    String,
-);
-
-const LOAD_MESSAGES: &str =
-    "SELECT m.id, m.channel_id, m.content, m.nonce, m.created_at, m.edited_at, m.deleted_at, \
-            u.id, u.username \
-     FROM messages m JOIN users u ON u.id = m.author_id WHERE m.id = ANY($1)";
-
-fn loaded(
-    (id, channel_id, content, nonce, created, edited, deleted, author_id, username): MessageRow,
-) -> LoadedMessage {
-    LoadedMessage {
-        channel_id,
-        deleted: deleted.is_some(),
-        object: MessageObject {
-            id: id.to_string(),
-            channel_id: channel_id.to_string(),
-            author: Author {
-                id: author_id.to_string(),
-                username,
-            },
-            content,
-            nonce,
-            timestamp: rfc3339(created),
-            edited_timestamp: edited.map(rfc3339),
-        },
-    }
-}
+/// The one query on the hot path: every message row asked for at once.
+static LOAD_MESSAGES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} WHERE m.id = ANY($1)")
+});
 
 /// At most this many rows in one query.
 const MAX_BATCH: usize = 64;
 
 struct LoadRequest {
     id: i64,
-    reply: oneshot::Sender<Result<Option<LoadedMessage>, DbError>>,
+    reply: oneshot::Sender<Result<Option<MessageRow>, DbError>>,
 }
 
 /// Loads message rows for the dispatcher: the one query on the hot path.
@@ -122,7 +79,7 @@ impl MessageLoader {
         MessageLoader { requests }
     }
 
-    pub async fn load(&self, id: i64) -> Result<Option<LoadedMessage>, DbError> {
+    pub async fn load(&self, id: i64) -> Result<Option<MessageRow>, DbError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(LoadRequest { id, reply })
@@ -172,7 +129,7 @@ async fn load_batch(
     pool: &PgPool,
     conn: &mut Option<PoolConnection<Postgres>>,
     ids: &[i64],
-) -> Result<HashMap<i64, LoadedMessage>, DbError> {
+) -> Result<HashMap<i64, MessageRow>, DbError> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -191,12 +148,12 @@ async fn load_batch(
                 conn.insert(fresh)
             }
         };
-        let rows: Result<Vec<MessageRow>, sqlx::Error> = sqlx::query_as(LOAD_MESSAGES)
+        let rows: Result<Vec<MessageRow>, sqlx::Error> = sqlx::query_as(LOAD_MESSAGES.as_str())
             .bind(ids)
             .fetch_all(&mut **c)
             .await;
         match rows {
-            Ok(rows) => return Ok(rows.into_iter().map(|r| (r.0, loaded(r))).collect()),
+            Ok(rows) => return Ok(rows.into_iter().map(|r| (r.id, r)).collect()),
             Err(e) if is_connection_error(&e) => {
                 // Closed, not returned: the pool must not hand it out again.
                 if let Some(broken) = conn.take() {
@@ -244,25 +201,148 @@ pub async fn membership(
 }
 
 /// What a new session needs: the user's current token generation (to refuse
-/// revoked tokens) and its channels, in one round trip.
+/// revoked tokens), its channels with when it joined each (for a resume),
+/// and the channels whose membership change for the user is committed but
+/// not yet dispatched (still pending in the outbox), in one round trip.
+///
+/// The database runs ahead of the history by what waits to be dispatched: a
+/// removal committed but not yet in the history still has the channel's
+/// earlier events before it, and an add committed but not yet in the history
+/// has events before it that are not the user's. A session takes its
+/// channels as the history will have them at its seam: pending removals
+/// still joined, pending adds not yet.
 pub struct SessionStart {
     pub token_generation: i32,
     pub channels: Vec<i64>,
+    pub joined_at_ms: Vec<i64>,
+    /// Channels with a pending add for the user.
+    pub pending_adds: Vec<i64>,
+    /// Channels with a pending removal of the user.
+    pub pending_removes: Vec<i64>,
 }
 
+const SESSION_START: &str = "SELECT u.token_generation, \
+    COALESCE(ARRAY(SELECT channel_id FROM channel_members WHERE user_id = u.id ORDER BY channel_id), '{}'), \
+    COALESCE(ARRAY(SELECT (EXTRACT(EPOCH FROM joined_at) * 1000)::bigint FROM channel_members \
+        WHERE user_id = u.id ORDER BY channel_id), '{}'), \
+    COALESCE(ARRAY(SELECT channel_id FROM outbox WHERE status = 'pending' \
+        AND event_type = 'EVENT_CHANNEL_MEMBER_ADD' AND data->>'user_id' = u.id::text), '{}'), \
+    COALESCE(ARRAY(SELECT channel_id FROM outbox WHERE status = 'pending' \
+        AND event_type = 'EVENT_CHANNEL_MEMBER_REMOVE' AND data->>'user_id' = u.id::text), '{}') \
+    FROM users u WHERE u.id = $1";
+
 pub async fn session_start(pool: &PgPool, user_id: i64) -> Result<Option<SessionStart>, DbError> {
-    let row: Option<(i32, Vec<i64>)> = read(pool, || {
-        sqlx::query_as(
-            "SELECT u.token_generation, \
-                    COALESCE(ARRAY(SELECT channel_id FROM channel_members WHERE user_id = u.id ORDER BY channel_id), '{}') \
-             FROM users u WHERE u.id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(pool)
+    type Row = (i32, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+    let row: Option<Row> = read(pool, || {
+        sqlx::query_as(SESSION_START)
+            .bind(user_id)
+            .fetch_optional(pool)
     })
     .await?;
-    Ok(row.map(|(token_generation, channels)| SessionStart {
-        token_generation,
-        channels,
-    }))
+    Ok(row.map(
+        |(token_generation, channels, joined_at_ms, pending_adds, pending_removes)| SessionStart {
+            token_generation,
+            channels,
+            joined_at_ms,
+            pending_adds,
+            pending_removes,
+        },
+    ))
+}
+
+impl SessionStart {
+    /// The channels as the history has them, each with when the user joined
+    /// (unix ms): the database's, except where a change for the user is
+    /// still pending in the outbox and `in_history` says the history does
+    /// not have it yet (`in_history(channel)` is true when the history's
+    /// last member event for the user there is the pending change). A
+    /// pending removal's channel is still joined (joined long before, as far
+    /// as a resume goes); a pending add's channel not yet.
+    pub fn channels_at_history(&self, in_history: impl Fn(i64) -> bool) -> Vec<(i64, i64)> {
+        let mut out: Vec<(i64, i64)> = self
+            .channels
+            .iter()
+            .zip(&self.joined_at_ms)
+            .filter(|(c, _)| !self.pending_adds.contains(c) || in_history(**c))
+            .map(|(&c, &at)| (c, at))
+            .collect();
+        for &c in &self.pending_removes {
+            let member_in_db = self.channels.contains(&c);
+            if !member_in_db && !in_history(c) {
+                out.push((c, 0));
+            }
+        }
+        out.sort_unstable();
+        out.dedup_by_key(|(c, _)| *c);
+        out
+    }
+
+    /// The channels with a pending change for the user.
+    pub fn pending(&self) -> impl Iterator<Item = i64> + '_ {
+        self.pending_adds
+            .iter()
+            .chain(&self.pending_removes)
+            .copied()
+    }
+}
+
+/// Whether a dispatch request is the project's own outbox row: the backend
+/// sends `event_id` = the row's id, and the row names the same event. Such
+/// an event is a fact of its channel's commit order.
+pub async fn is_outbox_event(
+    pool: &PgPool,
+    event_id: &str,
+    t: &str,
+    data: &serde_json::Value,
+) -> Result<bool, DbError> {
+    let Some(id) = otako_common::event::parse_id(event_id) else {
+        return Ok(false);
+    };
+    read(pool, || {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1 AND event_type = $2 AND data = $3)",
+        )
+        .bind(id)
+        .bind(t)
+        .bind(data)
+        .fetch_one(pool)
+    })
+    .await
+}
+
+/// The current token generation of each of `users` that exists: sessions
+/// holding an older one were revoked, even if this node missed the notice.
+pub async fn token_generations(pool: &PgPool, users: &[i64]) -> Result<Vec<(i64, i32)>, DbError> {
+    read(pool, || {
+        sqlx::query_as("SELECT id, token_generation FROM users WHERE id = ANY($1)")
+            .bind(users)
+            .fetch_all(pool)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionStart;
+
+    #[test]
+    fn channels_at_the_history_undo_what_is_still_pending() {
+        let start = SessionStart {
+            token_generation: 0,
+            channels: vec![1, 2, 3],
+            joined_at_ms: vec![10, 20, 30],
+            pending_adds: vec![3],
+            pending_removes: vec![4],
+        };
+        // Nothing pending has reached the history yet.
+        assert_eq!(
+            start.channels_at_history(|_| false),
+            vec![(1, 10), (2, 20), (4, 0)]
+        );
+        // Both have: the database is right.
+        assert_eq!(
+            start.channels_at_history(|_| true),
+            vec![(1, 10), (2, 20), (3, 30)]
+        );
+    }
 }

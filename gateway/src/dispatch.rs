@@ -1,31 +1,28 @@
 //! The DISPATCH responder: one node of the queue group takes each request on
-//! `otako.dispatch`, loads the full row, publishes it once on the firehose
-//! and answers with EVENT_ROUNDTRIP.
+//! `otako.dispatch`, parses it once, loads the full row, appends the event to
+//! the history and answers with a signed EVENT_ROUNDTRIP.
 //!
 //! Nothing in the request is trusted but the ids: the loaded row must belong
-//! to the channel the event names.
+//! to the channel the event names. The reply goes out only after the history
+//! acknowledged the append, so `success:true` means every node will route
+//! the event, whatever fails next.
 
 use crate::db::{self, DbError};
-use crate::fanout::FanoutEvent;
+use crate::history::{History, HistoryError};
 use crate::sink::{self, ErrorSink};
 use async_nats::{HeaderMap, Message};
-use otako_common::proto::{
-    self, EventDataError, EventType, MemberRef, MessageRef, Roundtrip, COMMITTED_AT_HEADER,
-    FANOUT_SUBJECT, TRACEPARENT_HEADER,
+use otako_common::bus::{BusKey, SIGNATURE_HEADER};
+use otako_common::event::{
+    Event, EventType, MemberRef, MessageRef, Received, Request, RequestError,
 };
+use otako_common::proto::{self, Roundtrip, COMMITTED_AT_HEADER, TRACEPARENT_HEADER};
 use otako_common::telemetry;
 use serde_json::value::RawValue;
-use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 use tracing::{info_span, warn, Instrument, Span};
-
-/// How long this node remembers the events it published, so a retry that
-/// comes back to it is answered without a second publish. Retries that reach
-/// another node are published again and dropped by every receiving node,
-/// which remembers routed event ids just as long (`fanout::DEDUP_WINDOW`).
-const DELIVERED_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Connections kept for loading message rows: more than one so a slow query
 /// does not hold up the others; a handful, so most of the pool is left for
@@ -34,18 +31,8 @@ const MESSAGE_LOADERS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
-    #[error("request body is not JSON: {0}")]
-    NotJson(String),
-    #[error("request body must be a JSON object")]
-    NotObject,
-    #[error("event_id must be a string or a number")]
-    BadEventId,
-    #[error("unknown event type {0:?}")]
-    UnknownType(String),
-    #[error("op must be 0")]
-    BadOp,
-    #[error("bad d: {0}")]
-    BadData(#[from] EventDataError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error("message {0} does not exist")]
     NoSuchMessage(i64),
     #[error("message {id} belongs to channel {actual}, not channel {named}")]
@@ -58,16 +45,15 @@ pub enum EventError {
     NoSuchUser(i64),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("could not publish the event to the fan-out subject: {0}")]
-    Publish(String),
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// What happened to an event that did not fail.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
-    Published,
-    /// Delivered before (a retry): answered, not delivered again.
-    AlreadyDelivered,
+    /// In the history at this position (a retry gets the first position).
+    Appended(u64),
     /// A later write made it moot (the message was deleted before its create
     /// went out, the member was removed again): nothing to deliver.
     Superseded,
@@ -77,33 +63,81 @@ pub struct Dispatcher {
     nats: async_nats::Client,
     pool: PgPool,
     messages: db::MessageLoader,
+    history: Arc<History>,
     sink: ErrorSink,
-    delivered_here: moka::sync::Cache<String, ()>,
+    key: BusKey,
     node_id: String,
-    /// Requests answered and failed, for `$SRV.STATS`.
-    pub handled: AtomicU64,
-    pub failed: AtomicU64,
+    pub stats: Arc<DispatchStats>,
+}
+
+/// Requests answered and failed, by event type: the one home of these
+/// figures. `$SRV.STATS` reports the totals and `/metrics` renders each as
+/// `otako_dispatch_requests_total` / `otako_dispatch_failed_total{t}`.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    handled: [AtomicU64; LABELS.len()],
+    failed: [AtomicU64; LABELS.len()],
+}
+
+/// The `t` labels: each event type, then requests whose `t` is none.
+const LABELS: [&str; 6] = [
+    EventType::MessageCreate.as_str_const(),
+    EventType::MessageUpdate.as_str_const(),
+    EventType::MessageDelete.as_str_const(),
+    EventType::ChannelMemberAdd.as_str_const(),
+    EventType::ChannelMemberRemove.as_str_const(),
+    "unknown",
+];
+
+impl DispatchStats {
+    fn count(&self, t_label: &str, failed: bool) {
+        let i = LABELS
+            .iter()
+            .position(|l| *l == t_label)
+            .unwrap_or(LABELS.len() - 1);
+        self.handled[i].fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failed[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn handled(&self) -> u64 {
+        self.handled.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Hands the figures to the Prometheus recorder, at scrape time.
+    pub fn export(&self) {
+        for (i, t) in LABELS.iter().enumerate() {
+            metrics::counter!("otako_dispatch_requests_total", "t" => *t)
+                .absolute(self.handled[i].load(Ordering::Relaxed));
+            metrics::counter!("otako_dispatch_failed_total", "t" => *t)
+                .absolute(self.failed[i].load(Ordering::Relaxed));
+        }
+    }
 }
 
 impl Dispatcher {
     pub fn new(
         nats: async_nats::Client,
         pool: PgPool,
+        history: Arc<History>,
         sink: ErrorSink,
+        key: BusKey,
         node_id: String,
     ) -> Dispatcher {
         Dispatcher {
             nats,
             messages: db::MessageLoader::spawn(pool.clone(), MESSAGE_LOADERS),
             pool,
+            history,
             sink,
-            delivered_here: moka::sync::Cache::builder()
-                .max_capacity(200_000)
-                .time_to_live(DELIVERED_TTL)
-                .build(),
+            key,
             node_id,
-            handled: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            stats: Arc::default(),
         }
     }
 
@@ -125,53 +159,49 @@ impl Dispatcher {
 
     async fn handle_in(&self, msg: Message, span: Span) {
         let started = Instant::now();
-        let parsed: Result<Value, _> = serde_json::from_slice(&msg.payload);
-        let (event_id, s, t_label) = match &parsed {
-            Ok(v) => (
-                v.get("event_id").cloned().unwrap_or(Value::Null),
-                v.get("s").cloned().unwrap_or(Value::Null),
-                v.get("t")
-                    .and_then(Value::as_str)
-                    .and_then(EventType::parse)
-                    .map_or("unknown", EventType::as_str),
-            ),
-            Err(_) => (Value::Null, Value::Null, "unknown"),
-        };
-        match &event_id {
-            Value::String(id) => span.record("event_id", id.as_str()),
+        let received = Received::parse(&msg.payload);
+        let t_label = received.t_label();
+        match &received.echo.event_id {
+            serde_json::Value::String(id) => span.record("event_id", id.as_str()),
             other => span.record("event_id", other.to_string().as_str()),
         };
         span.record("t", t_label);
 
-        let result = match &parsed {
-            Ok(v) => self.process(v, msg.headers.as_ref()).await,
-            Err(e) => Err(EventError::NotJson(e.to_string())),
+        let result = match &received.request {
+            Ok(request) => self.process(request, msg.headers.as_ref()).await,
+            Err(e) => Err(EventError::Request(e.clone())),
         };
         span.record("success", result.is_ok());
-        self.handled.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("otako_dispatch_requests_total", "t" => t_label).increment(1);
+        let unavailable = matches!(result, Err(EventError::History(_)));
+        self.stats.count(t_label, result.is_err());
         metrics::histogram!("otako_dispatch_duration_seconds", "t" => t_label)
             .record(started.elapsed().as_secs_f64());
 
         if let Err(err) = &result {
-            metrics::counter!("otako_dispatch_failed_total", "t" => t_label).increment(1);
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            let event = match parsed {
-                Ok(v) => v,
-                Err(_) => Value::String(String::from_utf8_lossy(&msg.payload).into_owned()),
-            };
-            self.log_failure(&event_id, event, err, &span, msg.headers.as_ref())
+            self.log_failure(&received, err, &span, msg.headers.as_ref())
                 .await;
         }
 
         if let Some(reply) = msg.reply {
-            let mut body =
-                Roundtrip::new(event_id, s, result.map(|_| ()).map_err(|e| e.to_string()));
+            let mut body = Roundtrip::new(
+                received.echo.event_id,
+                received.echo.s,
+                result.map(|_| ()).map_err(|e| e.to_string()),
+            );
             body.node = Some(self.node_id.clone());
+            body.unavailable = unavailable;
             let body = serde_json::to_vec(&body).expect("roundtrip serializes");
+            // Signed for the request's own inbox: the backend accepts no
+            // answer that a node outside the cluster made, or that was meant
+            // for another request.
+            let mut headers = HeaderMap::new();
+            let signature = self
+                .key
+                .sign(reply.as_str(), otako_common::bus::now_ms(), &body);
+            headers.insert(SIGNATURE_HEADER, signature.as_str());
             let sent = self
                 .nats
-                .publish(reply, body.into())
+                .publish_with_headers(reply, headers, body.into())
                 .instrument(info_span!(
                     target: telemetry::TRACE_ONLY,
                     "dispatch.reply",
@@ -184,158 +214,133 @@ impl Dispatcher {
         }
     }
 
-    async fn process(&self, v: &Value, headers: Option<&HeaderMap>) -> Result<Outcome, EventError> {
-        let obj = v.as_object().ok_or(EventError::NotObject)?;
-        let t_str = obj.get("t").and_then(Value::as_str).unwrap_or_default();
-        let t = EventType::parse(t_str).ok_or_else(|| EventError::UnknownType(t_str.to_owned()))?;
-        if obj.get("op").and_then(Value::as_u64) != Some(0) {
-            return Err(EventError::BadOp);
-        }
-        let event_id = match obj.get("event_id") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(EventError::BadEventId),
-        };
-        let key = sink::event_key(&event_id);
-        if self.delivered_here.contains_key(&key) {
-            return Ok(Outcome::AlreadyDelivered);
-        }
-        let d = obj.get("d").unwrap_or(&Value::Null);
-        let loaded = async { self.load(t, d).await }
+    async fn process(
+        &self,
+        request: &Request,
+        headers: Option<&HeaderMap>,
+    ) -> Result<Outcome, EventError> {
+        let loaded = async { self.load(request).await }
             .instrument(info_span!(
                 target: telemetry::TRACE_ONLY,
                 "dispatch.load",
                 otel.name = "load from database"
             ))
             .await?;
-        let Some((channel_id, user_id, payload)) = loaded else {
+        let Some(payload) = loaded else {
             return Ok(Outcome::Superseded);
         };
-        self.publish(&event_id, t, channel_id, user_id, payload, headers)
+        let d = RawValue::from_string(payload).expect("rendered JSON is valid");
+        let mut out = HeaderMap::new();
+        if let Some(at) = headers.and_then(|h| h.get(COMMITTED_AT_HEADER)) {
+            out.insert(COMMITTED_AT_HEADER, at.as_str());
+        }
+        let seq = self
+            .history
+            .append(request, &request.fingerprint(), &d, out)
             .instrument(info_span!(
                 target: telemetry::TRACE_ONLY,
                 "dispatch.publish",
                 otel.name = "fan-out publish"
             ))
             .await?;
-        self.mark_delivered(key);
-        Ok(Outcome::Published)
+        Ok(Outcome::Appended(seq))
     }
 
     /// Loads the event's row and renders the clients' `d`. `None` when a later
     /// write superseded the event.
-    async fn load(
-        &self,
-        t: EventType,
-        d: &Value,
-    ) -> Result<Option<(i64, Option<i64>, String)>, EventError> {
-        match t {
-            EventType::MessageCreate | EventType::MessageUpdate | EventType::MessageDelete => {
-                let r = MessageRef::from_data(d)?;
-                let m = self
-                    .messages
-                    .load(r.id)
-                    .await?
-                    .ok_or(EventError::NoSuchMessage(r.id))?;
-                if m.channel_id != r.channel_id {
-                    return Err(EventError::WrongChannel {
-                        id: r.id,
-                        actual: m.channel_id,
-                        named: r.channel_id,
-                    });
-                }
-                if t == EventType::MessageDelete {
-                    if !m.deleted {
-                        return Err(EventError::NotDeleted(r.id));
-                    }
-                    return Ok(Some((r.channel_id, None, r.to_data().to_string())));
-                }
-                if m.deleted {
+    async fn load(&self, request: &Request) -> Result<Option<String>, EventError> {
+        match request.event {
+            Event::MessageCreate(r) | Event::MessageUpdate(r) => {
+                let m = self.load_message(r).await?;
+                if m.is_deleted() {
                     return Ok(None);
                 }
-                let payload = serde_json::to_string(&m.object).expect("message serializes");
-                Ok(Some((r.channel_id, None, payload)))
+                Ok(Some(
+                    serde_json::to_string(&m.to_object()).expect("message serializes"),
+                ))
             }
-            EventType::ChannelMemberAdd | EventType::ChannelMemberRemove => {
-                let r = MemberRef::from_data(d)?;
-                let m = db::membership(&self.pool, r.channel_id, r.user_id).await?;
-                if !m.channel_exists {
-                    return Err(EventError::NoSuchChannel(r.channel_id));
+            Event::MessageDelete(r) => {
+                if !self.load_message(r).await?.is_deleted() {
+                    return Err(EventError::NotDeleted(r.id));
                 }
-                if !m.user_exists {
-                    return Err(EventError::NoSuchUser(r.user_id));
-                }
-                let current = m.is_member == (t == EventType::ChannelMemberAdd);
-                Ok(current.then(|| (r.channel_id, Some(r.user_id), r.to_data().to_string())))
+                Ok(Some(r.to_data().to_string()))
             }
+            Event::MemberAdd(r) => self.load_member(request, r, true).await,
+            Event::MemberRemove(r) => self.load_member(request, r, false).await,
         }
     }
 
-    async fn publish(
+    async fn load_message(
         &self,
-        event_id: &str,
-        t: EventType,
-        channel_id: i64,
-        user_id: Option<i64>,
-        payload: String,
-        request_headers: Option<&HeaderMap>,
-    ) -> Result<(), EventError> {
-        let d = RawValue::from_string(payload).expect("rendered JSON is valid");
-        let body = serde_json::to_vec(&FanoutEvent {
-            event_id,
-            t,
-            channel_id,
-            user_id,
-            d: &d,
-        })
-        .expect("fan-out event serializes");
-        let mut headers = HeaderMap::new();
-        telemetry::inject_nats(&Span::current(), &mut headers);
-        if let Some(at) = request_headers.and_then(|h| h.get(COMMITTED_AT_HEADER)) {
-            headers.insert(COMMITTED_AT_HEADER, at.as_str());
+        r: MessageRef,
+    ) -> Result<otako_common::message::MessageRow, EventError> {
+        let m = self
+            .messages
+            .load(r.id)
+            .await?
+            .ok_or(EventError::NoSuchMessage(r.id))?;
+        if m.channel_id != r.channel_id {
+            return Err(EventError::WrongChannel {
+                id: r.id,
+                actual: m.channel_id,
+                named: r.channel_id,
+            });
         }
-        // The reply goes out on this same connection after this publish, so a
-        // sender that got success:true knows the event reached the server.
-        // This node's sessions get the event back from the server like every
-        // other node's. Routing it here directly (a `no_echo` connection) was
-        // tried: in a NATS cluster the previous event of the channel, handled
-        // by another node, can still be crossing a route then, and would reach
-        // this node's sessions after this one (sessions_membership caught it).
-        self.nats
-            .publish_with_headers(FANOUT_SUBJECT, headers, body.into())
-            .await
-            .map_err(|e| EventError::Publish(e.to_string()))
+        Ok(m)
     }
 
-    fn mark_delivered(&self, key: String) {
-        self.delivered_here.insert(key, ());
+    /// A member event is delivered when the membership is what it says, or
+    /// when it is a committed outbox row: an add dispatched after the remove
+    /// that followed it is still a fact of the channel's order (the remove
+    /// comes right behind it), and dropping it would lose the channel's
+    /// messages in between. A request that is neither (no such row, and the
+    /// membership says otherwise) is moot and delivers nothing, so nobody
+    /// can make a session join a channel by dispatching an add.
+    async fn load_member(
+        &self,
+        request: &Request,
+        r: MemberRef,
+        added: bool,
+    ) -> Result<Option<String>, EventError> {
+        let m = db::membership(&self.pool, r.channel_id, r.user_id).await?;
+        if !m.channel_exists {
+            return Err(EventError::NoSuchChannel(r.channel_id));
+        }
+        if !m.user_exists {
+            return Err(EventError::NoSuchUser(r.user_id));
+        }
+        let data = r.to_data();
+        let current = m.is_member == added
+            || db::is_outbox_event(
+                &self.pool,
+                &request.event_id,
+                request.event.t().as_str(),
+                &data,
+            )
+            .await?;
+        Ok(current.then(|| data.to_string()))
     }
 
     async fn log_failure(
         &self,
-        event_id: &Value,
-        event: Value,
+        received: &Received,
         err: &EventError,
         span: &Span,
         headers: Option<&HeaderMap>,
     ) {
-        let key = match event_id {
-            Value::String(s) if !s.is_empty() => sink::event_key(s),
-            Value::Number(n) => sink::event_key(&n.to_string()),
-            // No usable id: the body itself identifies the event.
-            _ => sink::event_key(&event.to_string()),
-        };
+        let key = sink::event_key(&received.failure_identity());
         let traceparent = headers
             .and_then(|h| h.get(TRACEPARENT_HEADER))
             .map(|v| v.as_str().to_owned());
         let record = proto::ErrorRecord {
-            event_id: event_id.clone(),
-            event,
+            event_id: received.echo.event_id.clone(),
+            event: received.body.clone(),
             error: err.to_string(),
             trace_id: telemetry::trace_id(span, traceparent.as_deref()),
             node: self.node_id.clone(),
-            at: db::rfc3339(chrono::Utc::now()),
+            at: proto::rfc3339(chrono::Utc::now()),
         };
+        let event_id = &received.echo.event_id;
         match self.sink.record_once(&key, &record).await {
             Ok(true) => {
                 warn!(error = %err, event_id = %event_id, "event failed; logged to the error sink")

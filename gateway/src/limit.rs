@@ -7,10 +7,16 @@
 //! has expired (a killed node) stop counting. A node's sessions thus stop
 //! counting at most [`NODE_TTL`] after it dies, and at once when it exits
 //! cleanly.
+//!
+//! Both kinds of value carry a keyed digest made with the cluster's bus key,
+//! so a NATS client outside the cluster cannot lock a user out: a session
+//! list it wrote counts as empty (and is overwritten by the next admit), and
+//! a liveness key it wrote (or one copied from a dead node) does not keep
+//! that node's sessions counting.
 
-use crate::session::close;
-use crate::sink::open_bucket;
+use crate::kv::{open_bucket, BucketError, BucketLimits};
 use async_nats::jetstream::{self, kv};
+use otako_common::bus::BusKey;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +32,27 @@ const NODE_REFRESH: Duration = Duration::from_secs(4);
 /// How long a node found dead is taken for dead without asking again.
 const DEAD_CACHE: Duration = Duration::from_secs(1);
 const MAX_CAS_TRIES: usize = 16;
+/// Session lists outlive any one node; a day bounds leftovers of a cluster
+/// that vanished entirely. A list of ten sessions is under 1 KiB.
+const SESSIONS_LIMITS: BucketLimits = BucketLimits {
+    ttl: Duration::from_secs(24 * 3600),
+    max_bytes: 256 * 1024 * 1024,
+    max_value_size: 64 * 1024,
+};
+const NODES_LIMITS: BucketLimits = BucketLimits {
+    ttl: NODE_TTL,
+    max_bytes: 16 * 1024 * 1024,
+    max_value_size: 1024,
+};
+
+/// The user already holds as many sessions as allowed (close 4010).
+#[derive(Debug, thiserror::Error)]
+#[error("session limit of {0} reached")]
+pub struct LimitReached(pub usize);
 
 pub struct Limiter {
     max: usize,
+    key: BusKey,
     node_id: String,
     sessions: kv::Store,
     nodes: kv::Store,
@@ -53,6 +77,13 @@ impl Drop for Lease {
 
 type Entries = BTreeMap<String, String>;
 
+/// A session list with its digest, as stored under the user's key.
+#[derive(serde::Serialize)]
+struct Stored<'a> {
+    s: &'a Entries,
+    mac: &'a str,
+}
+
 fn user_key(user_id: i64) -> String {
     format!("u{user_id}")
 }
@@ -63,19 +94,13 @@ impl Limiter {
         max: u32,
         node_id: String,
         replicas: usize,
-    ) -> Result<Arc<Limiter>, String> {
-        // Session lists outlive any one node; a day bounds leftovers of a
-        // cluster that vanished entirely.
-        let sessions = open_bucket(
-            js,
-            SESSIONS_BUCKET,
-            Duration::from_secs(24 * 3600),
-            replicas,
-        )
-        .await?;
-        let nodes = open_bucket(js, NODES_BUCKET, NODE_TTL, replicas).await?;
+        key: BusKey,
+    ) -> Result<Arc<Limiter>, BucketError> {
+        let sessions = open_bucket(js, SESSIONS_BUCKET, SESSIONS_LIMITS, replicas).await?;
+        let nodes = open_bucket(js, NODES_BUCKET, NODES_LIMITS, replicas).await?;
         Ok(Arc::new(Limiter {
             max: max.max(1) as usize,
+            key,
             node_id,
             sessions,
             nodes,
@@ -91,7 +116,8 @@ impl Limiter {
         let mut tick = tokio::time::interval(NODE_REFRESH);
         loop {
             tick.tick().await;
-            if let Err(e) = self.nodes.put(&self.node_id, "alive".into()).await {
+            let value = self.liveness_value(otako_common::bus::now_ms());
+            if let Err(e) = self.nodes.put(&self.node_id, value.into()).await {
                 warn!(error = %e, "could not refresh this node's liveness key");
             }
         }
@@ -112,18 +138,73 @@ impl Limiter {
             return false;
         }
         // On a fault, count the session: better one session too few than a
-        // limit that does not hold.
-        let alive = !matches!(self.nodes.get(node).await, Ok(None));
+        // limit that does not hold. A value the cluster did not write, or
+        // one older than the TTL (copied from a node since dead), is no sign
+        // of life.
+        let alive = match self.nodes.get(node).await {
+            Ok(None) => false,
+            Ok(Some(value)) => self.liveness_is_genuine(node, &value),
+            Err(_) => true,
+        };
         if !alive {
             self.dead.insert(node.to_owned(), ());
         }
         alive
     }
 
-    /// Takes a place for the session, or answers with close code 4010.
-    /// A KV fault lets the session in: the limit is a guard, not a reason to
-    /// lock users out while NATS recovers.
-    pub async fn admit(&self, user_id: i64, session_id: &str) -> Result<(), u16> {
+    fn liveness_value(&self, at_ms: i64) -> String {
+        let mac = self.key.keyed_id(&format!("node {} {at_ms}", self.node_id));
+        format!("{at_ms} {mac}")
+    }
+
+    fn liveness_is_genuine(&self, node: &str, value: &[u8]) -> bool {
+        let Some((at, mac)) = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.split_once(' '))
+        else {
+            return false;
+        };
+        let Ok(at_ms) = at.parse::<i64>() else {
+            return false;
+        };
+        let fresh = otako_common::bus::now_ms() - at_ms <= NODE_TTL.as_millis() as i64;
+        fresh && self.key.keyed_id(&format!("node {node} {at_ms}")) == mac
+    }
+
+    /// A user's session list as stored: the entries and their digest.
+    fn encode(&self, key: &str, entries: &Entries) -> Vec<u8> {
+        let list = serde_json::to_string(entries).expect("entries serialize");
+        let mac = self.key.keyed_id(&format!("{key} {list}"));
+        serde_json::to_vec(&Stored {
+            s: entries,
+            mac: &mac,
+        })
+        .expect("entries serialize")
+    }
+
+    /// The entries of a stored list; none when the cluster did not write it.
+    fn decode(&self, key: &str, value: &[u8]) -> Entries {
+        #[derive(serde::Deserialize)]
+        struct Owned {
+            s: Entries,
+            mac: String,
+        }
+        let Ok(stored) = serde_json::from_slice::<Owned>(value) else {
+            return Entries::new();
+        };
+        let list = serde_json::to_string(&stored.s).expect("entries serialize");
+        if self.key.keyed_id(&format!("{key} {list}")) == stored.mac {
+            stored.s
+        } else {
+            warn!(key, "ignoring a session list the cluster did not write");
+            Entries::new()
+        }
+    }
+
+    /// Takes a place for the session, or refuses it when the user is at the
+    /// limit. A KV fault lets the session in: the limit is a guard, not a
+    /// reason to lock users out while NATS recovers.
+    pub async fn admit(&self, user_id: i64, session_id: &str) -> Result<(), LimitReached> {
         let key = user_key(user_id);
         for _ in 0..MAX_CAS_TRIES {
             let entry = match self.sessions.entry(&key).await {
@@ -133,9 +214,9 @@ impl Limiter {
                     return Ok(());
                 }
             };
-            let mut entries: Entries = entry
+            let mut entries = entry
                 .as_ref()
-                .and_then(|e| serde_json::from_slice(&e.value).ok())
+                .map(|e| self.decode(&key, &e.value))
                 .unwrap_or_default();
             let mut live = Entries::new();
             for (sid, node) in entries {
@@ -145,12 +226,10 @@ impl Limiter {
             }
             entries = live;
             if entries.len() >= self.max {
-                return Err(close::SESSION_LIMIT);
+                return Err(LimitReached(self.max));
             }
             entries.insert(session_id.to_owned(), self.node_id.clone());
-            let value = serde_json::to_vec(&entries)
-                .expect("entries serialize")
-                .into();
+            let value = self.encode(&key, &entries).into();
             let written = match &entry {
                 Some(e) => self.sessions.update(&key, value, e.revision).await.is_ok(),
                 None => self.sessions.create(&key, value).await.is_ok(),
@@ -163,7 +242,8 @@ impl Limiter {
         Ok(())
     }
 
-    fn lease_for(self: &Arc<Limiter>, user_id: i64, session_id: &str) -> Lease {
+    /// The session's place, given back when the lease is dropped.
+    pub fn lease(self: &Arc<Limiter>, user_id: i64, session_id: &str) -> Lease {
         Lease {
             limiter: self.clone(),
             user_id,
@@ -177,13 +257,11 @@ impl Limiter {
             let Ok(Some(entry)) = self.sessions.entry(&key).await else {
                 return;
             };
-            let mut entries: Entries = serde_json::from_slice(&entry.value).unwrap_or_default();
+            let mut entries = self.decode(&key, &entry.value);
             if entries.remove(session_id).is_none() {
                 return;
             }
-            let value = serde_json::to_vec(&entries)
-                .expect("entries serialize")
-                .into();
+            let value = self.encode(&key, &entries).into();
             if self
                 .sessions
                 .update(&key, value, entry.revision)
@@ -193,22 +271,5 @@ impl Limiter {
                 return;
             }
         }
-    }
-}
-
-/// The node's view of the limiter; absent limiter (no JetStream) means no limit.
-#[derive(Clone, Default)]
-pub struct SessionLimit(pub Option<Arc<Limiter>>);
-
-impl SessionLimit {
-    pub async fn admit(&self, user_id: i64, session_id: &str) -> Result<(), u16> {
-        match &self.0 {
-            Some(l) => l.admit(user_id, session_id).await,
-            None => Ok(()),
-        }
-    }
-
-    pub fn lease(&self, user_id: i64, session_id: &str) -> Option<Lease> {
-        self.0.as_ref().map(|l| l.lease_for(user_id, session_id))
     }
 }

@@ -2,22 +2,32 @@
 
 mod admin;
 mod auth;
+mod clock;
 mod config;
 mod db;
 mod dispatch;
 mod fanout;
+mod frame;
+mod handle;
+mod heartbeat;
+mod history;
+mod kv;
 mod limit;
+mod node;
+mod resume;
+mod revoke;
 mod server;
 mod session;
 mod sink;
+mod trust;
 
 use anyhow::Context;
 use clap::Parser;
 use config::{Args, Command};
+use otako_common::bus::BusKey;
 use otako_common::nats::with_retries;
-use otako_common::proto::{FANOUT_SUBJECT, REVOKE_SUBJECT};
+use otako_common::proto::REVOKE_SUBJECT;
 use otako_common::{service, telemetry, token};
-use std::future::IntoFuture;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,45 +50,77 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let secret = token::resolve_secret(args.common.token_secret.as_deref(), args.common.dev)?;
+    let bus_key = BusKey::from_secret(&secret);
     let node_id = args.node_id();
     let metrics = admin::install_metrics()?;
 
     let nats = otako_common::nats::connect(
         &args.common.nats_url,
+        &args
+            .common
+            .nats_options(otako_common::nats::GATEWAY_INBOX_PREFIX),
         format!("otako-gateway {node_id}"),
         None,
     )
     .await?;
     let js = async_nats::jetstream::new(nats.clone());
     let replicas = args.jetstream_replicas;
+    let history = Arc::new(
+        with_retries("opening the event history", || {
+            history::History::open(js.clone(), args.history_limits(), bus_key.clone())
+        })
+        .await?,
+    );
     let sink = with_retries("setting up the error sink", || {
-        sink::ErrorSink::connect(js.clone(), replicas)
+        sink::ErrorSink::connect(js.clone(), replicas, bus_key.clone())
     })
     .await?;
-    let dispatcher = dispatch::Dispatcher::new(nats.clone(), pool.clone(), sink, node_id.clone());
     let limiter = with_retries("opening the session-limit buckets", || {
-        limit::Limiter::connect(&js, args.max_sessions_per_user, node_id.clone(), replicas)
+        limit::Limiter::connect(
+            &js,
+            args.max_sessions_per_user,
+            node_id.clone(),
+            replicas,
+            bus_key.clone(),
+        )
     })
-    .await
-    .map_err(anyhow::Error::msg)?;
+    .await?;
+    let dispatcher = Arc::new(dispatch::Dispatcher::new(
+        nats.clone(),
+        pool.clone(),
+        history.clone(),
+        sink,
+        bus_key.clone(),
+        node_id.clone(),
+    ));
 
-    let hub = fanout::Hub::new(args.session_queue);
-    let node = Arc::new(server::Node::new(
+    // Live events start after what the history holds now.
+    let (_, last_seq) = with_retries("reading the event history", || history.bounds()).await?;
+    let hub = fanout::Hub::new(args.session_queue, last_seq);
+    let node = Arc::new(node::Node::new(
         node_id.clone(),
         hub.clone(),
-        pool,
+        pool.clone(),
+        history.clone(),
         token::TokenKey::new(&secret),
-        args.heartbeat_interval(),
-        limit::SessionLimit(Some(limiter.clone())),
+        limiter.clone(),
+        node::SessionSettings {
+            heartbeat_interval: args.heartbeat_interval(),
+            resume: args.resume_limits(),
+            max_concurrent_starts: args.max_concurrent_starts,
+        },
     ));
 
-    tokio::spawn(server::firehose_loop(
-        nats.subscribe(FANOUT_SUBJECT).await?,
-        hub.clone(),
-    ));
-    tokio::spawn(server::revoke_loop(
+    tokio::spawn(history.clone().follow(hub.clone()));
+    tokio::spawn(revoke::listen(
         nats.subscribe(REVOKE_SUBJECT).await?,
         hub.clone(),
+        bus_key,
+    ));
+    tokio::spawn(revoke::recheck(
+        hub.clone(),
+        pool,
+        Duration::from_millis(args.token_recheck_ms),
     ));
     let liveness = tokio::spawn(limiter.clone().heartbeat());
 
@@ -88,15 +130,20 @@ async fn main() -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding {}", args.admin_listen))?;
-    tokio::spawn(
-        axum::serve(
-            admin_listener,
-            admin::router(node.clone(), nats.clone(), metrics),
-        )
-        .into_future(),
-    );
+    // The admin port has the same edge as the backend's: header and body
+    // timeouts, a cap on connections.
+    tokio::spawn(otako_common::http::serve(
+        admin_listener,
+        admin::router(
+            node.clone(),
+            nats.clone(),
+            metrics,
+            dispatcher.stats.clone(),
+        ),
+        args.http.limits(),
+        std::future::pending(),
+    ));
 
-    let dispatcher = Arc::new(dispatcher);
     let (backend_tx, _backend) = tokio::sync::watch::channel(service::PeerStatus::default());
     tokio::spawn(service::watch_peers(
         nats.clone(),
@@ -104,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(args.ping_interval_ms),
         backend_tx,
     ));
-    let stats = (hub.clone(), dispatcher.clone());
+    let stats = (hub.clone(), dispatcher.stats.clone());
     let nats_service = service::register(
         &nats,
         service::GATEWAY_SERVICE,
@@ -113,8 +160,9 @@ async fn main() -> anyhow::Result<()> {
         move || {
             serde_json::json!({
                 "sessions": stats.0.session_count(),
-                "events_handled": stats.1.handled.load(Ordering::Relaxed),
-                "events_failed": stats.1.failed.load(Ordering::Relaxed),
+                "events_handled": stats.1.handled(),
+                "events_failed": stats.1.failed(),
+                "history_position": stats.0.last_seq(),
             })
         },
     )

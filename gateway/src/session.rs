@@ -3,25 +3,36 @@
 //! A session is one task. It owns its socket and selects over two things:
 //! frames from the client, and a wake-up from its hub handle, which stands
 //! for frames queued by the hub and for kicks from outside (too slow,
-//! revoked, over the limit, node draining, and a missed heartbeat, which the
-//! node's sweep finds: see `server::heartbeat_sweep`). Queued frames are
-//! written in batches (`feed` each, `flush` once): one write() per batch
-//! instead of one per frame.
+//! revoked or expired, over the limit, node draining, and a missed
+//! heartbeat, which the node's sweep finds: see `heartbeat.rs`). Queued
+//! frames are written in batches (`feed` each, `flush` once): one write()
+//! per batch instead of one per frame.
+//!
+//! A session that comes with a cursor joins its channels live first and
+//! then replays what it missed up to that seam (`resume.rs`); live frames
+//! wait in its queue meanwhile, and any frame at or before what the replay
+//! covered is skipped, so the seam has no gap and no repeat.
 
-use crate::auth::{self, AuthError};
+use crate::auth::{self, AuthError, Upgrade};
 use crate::db;
-use crate::fanout::{now_ms, Kick, Registration, SessionHandle};
+use crate::fanout::Registration;
+use crate::frame::Frame;
+use crate::handle::SessionHandle;
+use crate::heartbeat::{self, Beat, BeatWindow};
 use crate::limit::Lease;
-use crate::server::Node;
+use crate::node::Node;
+use crate::resume::{self, Membership};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
+use otako_common::client_frame::is_heartbeat;
+use otako_common::close::{Close, CloseCode};
 use otako_common::token::Claims;
-use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -34,14 +45,17 @@ const MAX_CLIENT_FRAME: usize = 1024;
 /// to MAX_CLIENT_FRAME) makes tungstenite reserve room for it when its
 /// header arrives, so this caps nothing, it only sizes the idle buffer.
 const READ_BUFFER: usize = 128;
-/// At most this many heartbeats per interval (the contract's 4).
-const MAX_HEARTBEATS_PER_INTERVAL: u32 = 4;
 /// Frames written per flush at most, so one busy session cannot hog its task.
 const MAX_BATCH: usize = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that accepts no bytes for this long is too slow.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a new session waits for a start slot before it is told to come
+/// back later (1013).
+const START_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The database part of a start.
+const START_DB_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn ws_config() -> WebSocketConfig {
     // Small buffers keep an idle session cheap: tungstenite would otherwise
@@ -52,34 +66,6 @@ pub fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(MAX_CLIENT_FRAME))
         .max_frame_size(Some(MAX_CLIENT_FRAME))
-}
-
-/// Close codes of the contract.
-pub mod close {
-    pub const REJECTED: u16 = 4001;
-    pub const AUTH_FAILED: u16 = 4004;
-    pub const TOO_FREQUENT: u16 = 4008;
-    pub const HEARTBEAT_TIMEOUT: u16 = 4009;
-    pub const SESSION_LIMIT: u16 = 4010;
-    pub const TOO_SLOW: u16 = 4011;
-    pub const INTERNAL: u16 = 1011;
-    pub const RESTART: u16 = 1012;
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientFrame {
-    op: u8,
-    #[allow(dead_code)]
-    d: Option<u64>,
-}
-
-/// Whether a text frame is a heartbeat `{"op":1,"d":<s or null>}`.
-fn is_heartbeat(text: &str) -> bool {
-    matches!(
-        serde_json::from_str::<ClientFrame>(text),
-        Ok(ClientFrame { op: 1, .. })
-    )
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -96,7 +82,7 @@ type Ws = WebSocketStream<TcpStream>;
 
 pub async fn serve(stream: TcpStream, node: Arc<Node>) {
     let _ = stream.set_nodelay(true);
-    let Some((ws, claims)) = Box::pin(upgrade(stream, &node)).await else {
+    let Some((ws, who)) = Box::pin(upgrade(stream, &node)).await else {
         return;
     };
     metrics::counter!("otako_sessions_opened_total").increment(1);
@@ -105,9 +91,10 @@ pub async fn serve(stream: TcpStream, node: Arc<Node>) {
         node,
         ws,
         seq: 0,
+        floor: 0,
         session_id,
     };
-    let started = Box::pin(session.start(claims)).await;
+    let started = Box::pin(session.start(who)).await;
     let code = match started {
         Ok(started) => session.run_loop(started).await,
         Err(code) => code,
@@ -115,12 +102,19 @@ pub async fn serve(stream: TcpStream, node: Arc<Node>) {
     metrics::counter!("otako_sessions_closed_total", "code" => code.to_string()).increment(1);
 }
 
+/// Who connected, and where the session resumes from. Boxed: the idle
+/// session's task then holds a pointer, not the claims and the cursor.
+struct Who {
+    claims: Claims,
+    resume: Option<String>,
+}
+
 /// The WebSocket handshake and the token check; a bad token is closed with 4004.
-async fn upgrade(stream: TcpStream, node: &Node) -> Option<(Ws, Claims)> {
-    let mut token = None;
+async fn upgrade(stream: TcpStream, node: &Node) -> Option<(Ws, Box<Who>)> {
+    let mut request = Upgrade::default();
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
-        auth::handshake(&mut token),
+        auth::handshake(&mut request),
         Some(ws_config()),
     );
     let mut ws = match timeout(HANDSHAKE_TIMEOUT, upgrade).await {
@@ -134,10 +128,17 @@ async fn upgrade(stream: TcpStream, node: &Node) -> Option<(Ws, Claims)> {
             return None;
         }
     };
-    match auth::verify(&node.token_key, token.as_deref()) {
-        Ok(claims) => Some((ws, claims)),
+    match auth::verify(&node.token_key, request.token.as_deref()) {
+        Ok(claims) => Some((
+            ws,
+            Box::new(Who {
+                claims,
+                resume: request.resume,
+            }),
+        )),
         Err(e) => {
-            close(&mut ws, close::AUTH_FAILED, &e.to_string()).await;
+            let close = Close::with_reason(CloseCode::AuthFailed, e.to_string());
+            send_close(&mut ws, &close).await;
             None
         }
     }
@@ -146,7 +147,7 @@ async fn upgrade(stream: TcpStream, node: &Node) -> Option<(Ws, Claims)> {
 /// What a started session holds until it ends.
 struct Started {
     registration: Registration,
-    _lease: Option<Lease>,
+    _lease: Lease,
 }
 
 /// What woke a session's task.
@@ -157,55 +158,40 @@ enum Event {
     Ping,
     /// A pong or a raw frame: nothing to do.
     Nothing,
-    /// Close with this code and reason.
-    Reject(u16, &'static str),
-    /// The client went away; the session ends with this code.
-    Gone(u16),
+    /// Close with 4001 and this reason.
+    Reject(&'static str),
+    /// The client sent a close frame; answer it.
+    Closing,
+    /// The connection is gone.
+    Gone,
 }
 
 impl Event {
     fn from_client(incoming: Option<Result<Message, WsError>>) -> Event {
+        let rejected = Event::Reject;
         match incoming {
             Some(Ok(Message::Text(text))) if is_heartbeat(&text) => Event::Heartbeat,
             Some(Ok(Message::Text(_) | Message::Binary(_))) => {
-                Event::Reject(close::REJECTED, "only heartbeats are accepted")
+                rejected("only heartbeats are accepted")
             }
             Some(Ok(Message::Ping(_))) => Event::Ping,
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => Event::Nothing,
-            Some(Ok(Message::Close(_))) | None => Event::Gone(1000),
-            Some(Err(WsError::Capacity(_))) => Event::Reject(close::REJECTED, "frame too large"),
+            Some(Ok(Message::Close(_))) => Event::Closing,
+            None => Event::Gone,
+            Some(Err(WsError::Capacity(_))) => rejected("frame too large"),
+            Some(Err(WsError::Utf8(_))) => rejected("text frame is not valid UTF-8"),
+            Some(Err(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
+            ))) => Event::Gone,
+            Some(Err(WsError::Protocol(e))) => {
+                debug!(error = %e, "client broke the WebSocket protocol");
+                rejected("not a valid WebSocket frame")
+            }
             Some(Err(e)) => {
                 debug!(error = %e, "session read failed");
-                Event::Gone(1006)
+                Event::Gone
             }
         }
-    }
-}
-
-/// Heartbeats counted per interval, to refuse more than the contract allows.
-struct BeatWindow {
-    /// When the current interval began ([`now_ms`]).
-    start_ms: u64,
-    beats: u32,
-}
-
-impl BeatWindow {
-    fn starting_now() -> BeatWindow {
-        BeatWindow {
-            start_ms: now_ms(),
-            beats: 0,
-        }
-    }
-
-    /// Counts one heartbeat; false if it is one too many for its interval.
-    fn allow(&mut self, interval: Duration) -> bool {
-        let now = now_ms();
-        if now.saturating_sub(self.start_ms) >= interval.as_millis() as u64 {
-            self.start_ms = now;
-            self.beats = 0;
-        }
-        self.beats += 1;
-        self.beats <= MAX_HEARTBEATS_PER_INTERVAL
     }
 }
 
@@ -214,63 +200,106 @@ struct Session {
     ws: Ws,
     /// The `s` of the last dispatch frame sent.
     seq: u64,
+    /// The history position this session already has everything up to: a
+    /// queued frame at or before it came in the replay, and is skipped.
+    floor: u64,
     session_id: String,
 }
 
+/// A frame the client did not take within the write timeout, or a broken
+/// connection: the session ends.
+#[derive(Debug, thiserror::Error)]
+#[error("the client did not take a frame in time, or the connection broke")]
+struct WriteFailed;
+
+/// How a start ended for the READY frame.
+struct Resumed {
+    resumed: bool,
+    cursor: String,
+    replay: Vec<Arc<Frame>>,
+    /// What the session has once the replay is written (see `Session::floor`).
+    floor: u64,
+}
+
 impl Session {
-    /// HELLO, registration, the channel list, the session limit, READY.
-    async fn start(&mut self, claims: Claims) -> Result<Started, u16> {
-        let interval = self.node.heartbeat_interval;
+    /// A start slot, HELLO, registration, the channel list, the session
+    /// limit, the replay of a resume, READY.
+    async fn start(&mut self, who: Box<Who>) -> Result<Started, CloseCode> {
+        let Who { claims, resume } = *who;
+        let node = self.node.clone();
+        let Ok(Ok(permit)) = timeout(START_QUEUE_TIMEOUT, node.starts.acquire()).await else {
+            metrics::counter!("otako_session_starts_refused_total").increment(1);
+            return Err(self.end(Close::new(CloseCode::TryAgainLater)).await);
+        };
+        let interval = node.heartbeat_interval;
         let hello = serde_json::json!({"op": 10, "d": {
             "heartbeat_interval": interval.as_millis() as u64,
             "session_id": self.session_id,
         }});
         if self.send_now(hello.to_string()).await.is_err() {
-            return Err(close::INTERNAL);
+            return Err(CloseCode::Internal);
         }
         // Register before reading the channel list, so a member-add that
         // lands while the list loads is not lost.
-        let id = self.node.next_session_id();
-        let registration = self
-            .node
-            .hub
-            .register(id, claims.user_id, claims.generation);
+        let id = node.next_session_id();
+        let registration = node.hub.register(SessionHandle::new(
+            id,
+            claims.user_id,
+            claims.generation,
+            claims.expires_at,
+        ));
 
         let start = timeout(
-            Duration::from_secs(5),
-            db::session_start(&self.node.pool, claims.user_id),
+            START_DB_TIMEOUT,
+            db::session_start(&node.pool, claims.user_id),
         )
         .await;
         let start = match start {
             Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => return Err(self.end(close::AUTH_FAILED, "user does not exist").await),
+            Ok(Ok(None)) => {
+                let close = Close::with_reason(CloseCode::AuthFailed, "user does not exist");
+                return Err(self.end(close).await);
+            }
             Ok(Err(e)) => {
                 warn!(error = %e, "could not load the session's channels");
-                let reason = "database unavailable, reconnect later";
-                return Err(self.end(close::INTERNAL, reason).await);
+                let close = Close::with_reason(
+                    CloseCode::Internal,
+                    "database unavailable, reconnect later",
+                );
+                return Err(self.end(close).await);
             }
             Err(_) => {
-                let reason = "database timed out, reconnect later";
-                return Err(self.end(close::INTERNAL, reason).await);
+                let close =
+                    Close::with_reason(CloseCode::Internal, "database timed out, reconnect later");
+                return Err(self.end(close).await);
             }
         };
         if start.token_generation != claims.generation {
-            let reason = AuthError::Revoked.to_string();
-            return Err(self.end(close::AUTH_FAILED, &reason).await);
+            let close = Close::with_reason(CloseCode::AuthFailed, AuthError::Revoked.to_string());
+            return Err(self.end(close).await);
         }
-        // Boxed on its own: the KV compare-and-set loop is a ~9 KiB future,
-        // and inline it would make every session still waiting for the
-        // database above hold that much too during a connect storm.
-        let admit = Box::pin(self.node.limiter.admit(claims.user_id, &self.session_id));
-        if let Err(code) = admit.await {
-            return Err(self.end(code, "session limit reached").await);
+        if let Err(e) = node.limiter.admit(claims.user_id, &self.session_id).await {
+            let close = Close::with_reason(CloseCode::SessionLimit, e.to_string());
+            return Err(self.end(close).await);
         }
-        let lease = self.node.limiter.lease(claims.user_id, &self.session_id);
-        self.node
-            .hub
-            .join_channels(&registration.handle, &start.channels);
-        let channels: Vec<String> = self
-            .node
+        let lease = node.limiter.lease(claims.user_id, &self.session_id);
+        // The channels as the history has them, not as the database has
+        // them ahead of it (see `db::SessionStart`).
+        let in_history = self.pending_in_history(&start, claims.user_id).await;
+        let at_history = start.channels_at_history(|c| in_history.contains(&c));
+        let joined: Vec<i64> = at_history.iter().map(|(c, _)| *c).collect();
+        let seam = node.hub.join_channels(&registration.handle, &joined);
+        let memberships: Vec<Membership> = at_history
+            .into_iter()
+            .map(|(channel_id, joined_at_ms)| Membership {
+                channel_id,
+                joined_at_ms,
+            })
+            .collect();
+        let outcome = self
+            .resume_from(resume, claims.user_id, seam, &memberships)
+            .await;
+        let channels: Vec<String> = node
             .hub
             .channels_of(id)
             .iter()
@@ -281,22 +310,99 @@ impl Session {
             "session_id": self.session_id,
             "user": {"id": claims.user_id.to_string(), "username": claims.username},
             "channels": channels,
+            "cursor": outcome.cursor,
+            "resumed": outcome.resumed,
         }});
         if self.send_now(ready.to_string()).await.is_err() {
-            return Err(close::INTERNAL);
+            return Err(CloseCode::Internal);
         }
-        debug!(session = %self.session_id, user = claims.user_id, "session ready");
+        drop(permit);
+        for chunk in outcome.replay.chunks(MAX_BATCH) {
+            if let Err(code) = self.write_frames(chunk).await {
+                return Err(self.end(Close::new(code)).await);
+            }
+        }
+        // Live frames queued meanwhile that the replay already covered are
+        // skipped from here on.
+        self.floor = outcome.floor;
+        debug!(session = %self.session_id, user = claims.user_id, resumed = outcome.resumed, "session ready");
         Ok(Started {
             registration,
             _lease: lease,
         })
     }
 
+    /// Of the channels with a membership change for the user still pending
+    /// in the outbox, those whose change the history already holds (the
+    /// outbox marks a row delivered only after the gateway's answer, so a
+    /// pending row may be in the history already). A history fault counts as
+    /// not there: the database's view then stands.
+    async fn pending_in_history(&self, start: &db::SessionStart, user_id: i64) -> Vec<i64> {
+        let mut out = Vec::new();
+        for c in start.pending() {
+            let pending_add = start.pending_adds.contains(&c);
+            match self.node.history.last_member_event(c, user_id).await {
+                Ok(Some((_, is_add))) if is_add == pending_add => out.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(error = %e, "could not read the history for a pending change");
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// Replays what a resuming session missed, or says why it starts fresh.
+    async fn resume_from(
+        &self,
+        cursor: Option<String>,
+        user_id: i64,
+        seam: u64,
+        memberships: &[Membership],
+    ) -> Resumed {
+        let history = &self.node.history;
+        let fresh = Resumed {
+            resumed: false,
+            cursor: history.cursor(seam).to_string(),
+            replay: Vec::new(),
+            floor: 0,
+        };
+        let Some(cursor) = cursor else {
+            return fresh;
+        };
+        match resume::replay(
+            history,
+            &cursor,
+            user_id,
+            seam,
+            memberships,
+            self.node.resume,
+        )
+        .await
+        {
+            Ok(replay) => {
+                metrics::counter!("otako_resumes_total", "outcome" => "resumed").increment(1);
+                Resumed {
+                    resumed: true,
+                    floor: replay.cursor.seq.max(seam),
+                    cursor: replay.cursor.to_string(),
+                    replay: replay.frames,
+                }
+            }
+            Err(why) => {
+                metrics::counter!("otako_resumes_total", "outcome" => why.label()).increment(1);
+                debug!(session = %self.session_id, reason = %why, "not resumed");
+                fresh
+            }
+        }
+    }
+
     /// Serves a started session until it ends; returns the close code.
-    async fn run_loop(&mut self, started: Started) -> u16 {
+    async fn run_loop(&mut self, started: Started) -> CloseCode {
         // Locals here live as long as the session: kept few and small.
         let handle = &started.registration.handle;
-        handle.heartbeat_due_within(self.heartbeat_timeout());
+        handle.heartbeat_due_within(heartbeat::timeout(self.node.heartbeat_interval));
         let mut beats = BeatWindow::starting_now();
         loop {
             // Only the wait is inside the select: its futures and the frame
@@ -309,8 +415,8 @@ impl Session {
             };
             match event {
                 Event::Woken => {
-                    if let Some(code) = handle.kick_code() {
-                        if code == Kick::Reconnect as u16 {
+                    if let Some(code) = handle.kicked() {
+                        if code == CloseCode::Restart {
                             // A restart is no reason to lose what is already queued.
                             while handle.has_queued() {
                                 if self.write_queued(handle).await.is_err() {
@@ -321,61 +427,85 @@ impl Session {
                         return self.kicked(code).await;
                     }
                     if let Err(code) = self.write_queued(handle).await {
-                        return self.end(code, "too slow to keep up").await;
+                        return self.end(Close::new(code)).await;
                     }
                 }
                 Event::Heartbeat => {
-                    if !beats.allow(self.node.heartbeat_interval) {
-                        return self
-                            .end(close::TOO_FREQUENT, "heartbeats too frequent")
-                            .await;
+                    if !beats.allow(Beat::Heartbeat, self.node.heartbeat_interval) {
+                        return self.end(Close::new(CloseCode::TooFrequent)).await;
                     }
-                    handle.heartbeat_due_within(self.heartbeat_timeout());
+                    handle.heartbeat_due_within(heartbeat::timeout(self.node.heartbeat_interval));
                     if self.send_now(r#"{"op":11}"#.to_owned()).await.is_err() {
-                        return close::INTERNAL;
+                        return CloseCode::Internal;
                     }
                 }
                 // tungstenite queues the pong; push it out now.
                 Event::Ping => {
+                    if !beats.allow(Beat::Ping, self.node.heartbeat_interval) {
+                        let close =
+                            Close::with_reason(CloseCode::TooFrequent, "pings too frequent");
+                        return self.end(close).await;
+                    }
                     if self.flush().await.is_err() {
-                        return close::TOO_SLOW;
+                        return CloseCode::TooSlow;
                     }
                 }
                 Event::Nothing => {}
-                Event::Reject(code, reason) => return self.end(code, reason).await,
-                Event::Gone(code) => return code,
+                Event::Reject(reason) => {
+                    return self
+                        .end(Close::with_reason(CloseCode::Rejected, reason))
+                        .await
+                }
+                Event::Closing => {
+                    // tungstenite queued the answer to the client's close.
+                    let _ = self.flush().await;
+                    return CloseCode::Normal;
+                }
+                Event::Gone => return CloseCode::Abnormal,
             }
         }
     }
 
-    /// A client that sends no heartbeat for this long is closed with 4009.
-    fn heartbeat_timeout(&self) -> Duration {
-        self.node.heartbeat_interval * 3 / 2
-    }
-
     /// Writes up to MAX_BATCH queued frames, then flushes once. A wake-up
     /// that finds the queue empty writes nothing.
-    fn write_queued<'a>(&'a mut self, handle: &'a SessionHandle) -> BoxFuture<'a, Result<(), u16>> {
+    fn write_queued<'a>(
+        &'a mut self,
+        handle: &'a SessionHandle,
+    ) -> BoxFuture<'a, Result<(), CloseCode>> {
         Box::pin(async move {
             let mut batch = Vec::new();
             handle.take(MAX_BATCH, &mut batch);
-            if batch.is_empty() {
+            self.write_frames(&batch).await
+        })
+    }
+
+    /// Writes `frames` (skipping those the session already has), then
+    /// flushes once.
+    fn write_frames<'a>(
+        &'a mut self,
+        frames: &'a [Arc<Frame>],
+    ) -> BoxFuture<'a, Result<(), CloseCode>> {
+        Box::pin(async move {
+            let floor = self.floor;
+            if frames.iter().all(|f| f.seq <= floor) {
                 return Ok(());
             }
             let write = async {
-                for frame in &batch {
-                    self.seq += 1;
-                    self.ws.feed(Message::text(frame.render(self.seq))).await?;
+                for frame in frames {
+                    if frame.seq > floor {
+                        self.seq += 1;
+                        self.ws.feed(Message::text(frame.render(self.seq))).await?;
+                    }
                 }
                 self.ws.flush().await
             };
             match timeout(WRITE_TIMEOUT, write).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(close::INTERNAL),
-                Err(_) => return Err(close::TOO_SLOW),
+                Ok(Err(_)) => return Err(CloseCode::Internal),
+                Err(_) => return Err(CloseCode::TooSlow),
             }
             let now_us = chrono::Utc::now().timestamp_micros();
-            for frame in &batch {
+            for frame in frames {
                 if let Some(at) = frame.committed_at_us {
                     self.node
                         .commit_to_socket
@@ -386,73 +516,64 @@ impl Session {
         })
     }
 
-    /// Pushes out what tungstenite has buffered (a pong).
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), ()>> {
+    /// Pushes out what tungstenite has buffered (a pong, a close reply).
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), WriteFailed>> {
         Box::pin(async move {
             match timeout(WRITE_TIMEOUT, self.ws.flush()).await {
                 Ok(Ok(())) => Ok(()),
-                _ => Err(()),
+                _ => Err(WriteFailed),
             }
         })
     }
 
-    fn send_now(&mut self, text: String) -> BoxFuture<'_, Result<(), ()>> {
+    fn send_now(&mut self, text: String) -> BoxFuture<'_, Result<(), WriteFailed>> {
         Box::pin(async move {
             match timeout(WRITE_TIMEOUT, self.ws.send(Message::text(text))).await {
                 Ok(Ok(())) => Ok(()),
-                _ => Err(()),
+                _ => Err(WriteFailed),
             }
         })
     }
 
-    fn kicked(&mut self, code: u16) -> BoxFuture<'_, u16> {
-        Box::pin(self.kicked_inner(code))
-    }
-
-    async fn kicked_inner(&mut self, code: u16) -> u16 {
-        match Kick::from_code(code) {
-            Some(Kick::Reconnect) => {
-                let _ = timeout(CLOSE_TIMEOUT, self.ws.send(Message::text(r#"{"op":7}"#))).await;
-                self.end(close::RESTART, "node restarting, reconnect").await
-            }
-            Some(Kick::TooSlow) => self.end(close::TOO_SLOW, "too slow to keep up").await,
-            Some(Kick::Revoked) => self.end(close::AUTH_FAILED, "token was revoked").await,
-            Some(Kick::OverLimit) => {
-                self.end(close::SESSION_LIMIT, "session limit reached")
-                    .await
-            }
-            Some(Kick::HeartbeatTimeout) => {
-                self.end(close::HEARTBEAT_TIMEOUT, "heartbeat timed out")
-                    .await
-            }
-            None => self.end(close::INTERNAL, "closed").await,
-        }
-    }
-
-    fn end<'a>(&'a mut self, code: u16, reason: &'a str) -> BoxFuture<'a, u16> {
+    /// Closes a session the node kicked; a restart sends op 7 first.
+    fn kicked(&mut self, code: CloseCode) -> BoxFuture<'_, CloseCode> {
         Box::pin(async move {
-            close(&mut self.ws, code, reason).await;
-            if code != close::RESTART {
-                info!(session = %self.session_id, code, reason, "session closed");
+            if code == CloseCode::Restart {
+                let _ = timeout(CLOSE_TIMEOUT, self.ws.send(Message::text(r#"{"op":7}"#))).await;
             }
-            code
+            let close = match code {
+                CloseCode::AuthFailed => {
+                    Close::with_reason(code, "token was revoked or has expired")
+                }
+                other => Close::new(other),
+            };
+            self.end(close).await
+        })
+    }
+
+    fn end(&mut self, close: Close) -> BoxFuture<'_, CloseCode> {
+        Box::pin(async move {
+            send_close(&mut self.ws, &close).await;
+            if close.code != CloseCode::Restart {
+                info!(session = %self.session_id, code = close.code.code(), reason = %close.reason, "session closed");
+            }
+            close.code
         })
     }
 }
 
 /// Sends a close frame, giving a client that does not read a short grace.
-async fn close(ws: &mut Ws, code: u16, reason: &str) {
+async fn send_close(ws: &mut Ws, close: &Close) {
     let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_owned().into(),
+        code: WsCloseCode::from(close.code.code()),
+        reason: close.reason.to_string().into(),
     };
     let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{is_heartbeat, serve, BeatWindow};
-    use std::time::Duration;
+    use super::serve;
 
     /// The size of the future a two-argument async fn returns.
     fn future_size<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
@@ -469,25 +590,5 @@ mod tests {
         // it. If a change must grow it, the cost is 128 bytes per session.
         let size = future_size(serve);
         assert!(size <= 792, "the session future grew to {size} bytes");
-    }
-
-    #[test]
-    fn more_than_four_heartbeats_in_an_interval_are_refused() {
-        let interval = Duration::from_millis(50);
-        let mut w = BeatWindow::starting_now();
-        assert!((0..4).all(|_| w.allow(interval)));
-        assert!(!w.allow(interval));
-        std::thread::sleep(interval + Duration::from_millis(5));
-        assert!(w.allow(interval), "a new interval counts from zero");
-    }
-
-    #[test]
-    fn only_heartbeats_pass() {
-        assert!(is_heartbeat(r#"{"op":1,"d":null}"#));
-        assert!(is_heartbeat(r#"{"op":1,"d":42}"#));
-        assert!(!is_heartbeat(r#"{"op":2,"d":null}"#));
-        assert!(!is_heartbeat(r#"{"op":1,"d":null,"x":1}"#));
-        assert!(!is_heartbeat(r#"{"op":1,"d":"s"}"#));
-        assert!(!is_heartbeat("hello"));
     }
 }

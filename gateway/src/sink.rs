@@ -6,13 +6,26 @@
 //! other attempt finds the key taken. A moka cache in front remembers what this
 //! node already saw, so retries to the same node cost no round trip.
 
+use crate::kv::{open_bucket, BucketLimits};
 use async_nats::jetstream::{self, kv, stream};
+use otako_common::bus::BusKey;
 use otako_common::proto::{ErrorRecord, ERRORS_STREAM, ERRORS_SUBJECT};
 use std::time::Duration;
 
 pub const FAILED_BUCKET: &str = "otako_failed";
 /// How long a failure is remembered; far longer than any sender's retries.
 const FAILED_TTL: Duration = Duration::from_secs(24 * 3600);
+/// A claim is a node id; the bucket drops its oldest keys past its size.
+const FAILED_LIMITS: BucketLimits = BucketLimits {
+    ttl: FAILED_TTL,
+    max_bytes: 64 * 1024 * 1024,
+    max_value_size: 1024,
+};
+/// Error records are kept 30 days, at most this many (and bytes) in all,
+/// the oldest going first, each at most `MAX_RECORD_BYTES`.
+const ERRORS_MAX_BYTES: i64 = 256 * 1024 * 1024;
+const ERRORS_MAX_RECORDS: i64 = 1_000_000;
+const MAX_RECORD_BYTES: i32 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -29,26 +42,35 @@ pub struct ErrorSink {
     js: jetstream::Context,
     claims: kv::Store,
     logged: moka::sync::Cache<String, ()>,
+    key: BusKey,
 }
 
 impl ErrorSink {
     /// Creates the stream and the claim bucket if they do not exist yet.
-    pub async fn connect(js: jetstream::Context, replicas: usize) -> Result<ErrorSink, SinkError> {
+    pub async fn connect(
+        js: jetstream::Context,
+        replicas: usize,
+        key: BusKey,
+    ) -> Result<ErrorSink, SinkError> {
         js.get_or_create_stream(stream::Config {
             name: ERRORS_STREAM.into(),
             subjects: vec![ERRORS_SUBJECT.into()],
             max_age: Duration::from_secs(30 * 24 * 3600),
+            max_bytes: ERRORS_MAX_BYTES,
+            max_messages: ERRORS_MAX_RECORDS,
+            max_message_size: MAX_RECORD_BYTES,
             duplicate_window: Duration::from_secs(600),
             num_replicas: replicas,
             ..Default::default()
         })
         .await
         .map_err(|e| SinkError::Setup(e.to_string()))?;
-        let claims = open_bucket(&js, FAILED_BUCKET, FAILED_TTL, replicas)
+        let claims = open_bucket(&js, FAILED_BUCKET, FAILED_LIMITS, replicas)
             .await
-            .map_err(SinkError::Setup)?;
+            .map_err(|e| SinkError::Setup(e.to_string()))?;
         Ok(ErrorSink {
             js,
+            key,
             claims,
             logged: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -63,11 +85,14 @@ impl ErrorSink {
         if self.logged.contains_key(key) {
             return Ok(false);
         }
-        match self.claims.create(key, record.node.clone().into()).await {
+        let claim = self.claim_value(key, &record.node);
+        match self.claims.create(key, claim.clone().into()).await {
             Ok(_) => {}
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                self.logged.insert(key.to_owned(), ());
-                return Ok(false);
+                if !self.take_forged_claim(key, claim).await? {
+                    self.logged.insert(key.to_owned(), ());
+                    return Ok(false);
+                }
             }
             Err(e) => return Err(SinkError::Claim(e.to_string())),
         }
@@ -80,9 +105,54 @@ impl ErrorSink {
         Ok(true)
     }
 
+    /// A claim names the node that made it, with a keyed digest: a key that
+    /// a NATS client outside the cluster created for an event id it guessed
+    /// holds no valid claim, so the event's failure is still logged.
+    fn claim_value(&self, key: &str, node: &str) -> String {
+        let mac = self.key.keyed_id(&format!("claim {key} {node}"));
+        format!("{node} {mac}")
+    }
+
+    fn is_genuine_claim(&self, key: &str, value: &[u8]) -> bool {
+        let Some((node, mac)) = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.rsplit_once(' '))
+        else {
+            return false;
+        };
+        self.key.keyed_id(&format!("claim {key} {node}")) == mac
+    }
+
+    /// Replaces a claim the cluster did not make with ours; true if this
+    /// node now holds the claim.
+    async fn take_forged_claim(&self, key: &str, claim: String) -> Result<bool, SinkError> {
+        let entry = self
+            .claims
+            .entry(key)
+            .await
+            .map_err(|e| SinkError::Claim(e.to_string()))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(false);
+        };
+        if self.is_genuine_claim(key, &entry.value) {
+            return Ok(false);
+        }
+        tracing::warn!(key, "replacing a failure claim the cluster did not make");
+        Ok(self
+            .claims
+            .update(key, claim.into(), entry.revision)
+            .await
+            .is_ok())
+    }
+
     async fn write(&self, key: &str, record: &ErrorRecord) -> Result<(), SinkError> {
         let body = serde_json::to_vec(record).expect("error records serialize");
         let mut headers = async_nats::HeaderMap::new();
+        // Readers of the sink can tell the cluster's records from forgeries.
+        let signature = self
+            .key
+            .sign(ERRORS_SUBJECT, otako_common::bus::now_ms(), &body);
+        headers.insert(otako_common::bus::SIGNATURE_HEADER, signature.as_str());
         // Belt and braces: the stream also drops a duplicate within its window.
         headers.insert("Nats-Msg-Id", key);
         self.js
@@ -93,27 +163,6 @@ impl ErrorSink {
             .map_err(|e| SinkError::Write(e.to_string()))?;
         Ok(())
     }
-}
-
-/// Opens a KV bucket, creating it on first use.
-pub async fn open_bucket(
-    js: &jetstream::Context,
-    bucket: &str,
-    ttl: Duration,
-    replicas: usize,
-) -> Result<kv::Store, String> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: bucket.into(),
-        history: 1,
-        max_age: ttl,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())
 }
 
 /// A KV-safe key for an event id: the id itself when it is plain, else a hash.

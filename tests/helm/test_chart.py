@@ -38,7 +38,16 @@ def production_values() -> dict:
     return yaml.safe_load(PRODUCTION.read_text())
 
 
-PROFILES = {"default": {}, "production": production_values()}
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+NETWORK_POLICY = {
+    "networkPolicy": {
+        "enabled": True,
+        "metricsFrom": [MONITORING],
+        "extraEgress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 4318}]}],
+    }
+}
+
+PROFILES = {"default": {}, "production": production_values(), "network-policy": NETWORK_POLICY}
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +271,7 @@ def test_secrets_are_only_referenced(values):
 
 def test_secret_values_appear_only_in_the_secret():
     canaries = {
-        "tokenSecret": "canary-token-7f3a",
+        "tokenSecret": "canary-token-7f3a-0123456789abcdefghij",
         "database": {"url": "postgres://otako:canary-pw-91c2@db:5432/otako"},
         "nats": {"url": "nats://canary-user:canary-pw-55d0@nats:4222"},
     }
@@ -468,3 +477,157 @@ def test_schema_covers_every_default_value(chart):
 
     walk(chart.values, chart.schema, "")
     chart.validate_schema(chart.values)
+
+
+# --- NetworkPolicy -----------------------------------------------------------------
+
+
+def policies(values: dict) -> dict[str, dict]:
+    """NetworkPolicies by the component label."""
+    return {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]: p
+        for p in of_kind(render(values), "NetworkPolicy")
+    }
+
+
+def pod_labels(objects: list[dict], kind: str, component: str) -> dict:
+    return one(objects, kind, component)["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def rule_ports(rules: list[dict]) -> set:
+    return {p["port"] for r in rules for p in r.get("ports", [])}
+
+
+def test_network_policy_is_off_by_default():
+    assert of_kind(render({}), "NetworkPolicy") == []
+    assert of_kind(render(production_values()), "NetworkPolicy") == []
+
+
+def test_network_policies_select_the_chart_pods():
+    objects = render(NETWORK_POLICY)
+    by = policies(NETWORK_POLICY)
+    assert set(by) == {"gateway", "backend-shim", "migrate", "nats-access", "postgresql-access"}
+    for component, kind in (("gateway", "Deployment"), ("backend-shim", "Deployment"), ("migrate", "Job")):
+        assert selects(by[component]["spec"]["podSelector"], pod_labels(objects, kind, component)), component
+        assert set(by[component]["spec"]["policyTypes"]) == {"Ingress", "Egress"}, component
+
+
+def test_no_rule_admits_everyone_by_accident():
+    """An empty `from`/`to` list admits all peers: the chart leaves such rules out."""
+    for values in (NETWORK_POLICY, {"networkPolicy": {"enabled": True}}):
+        for name, p in policies(values).items():
+            for rule in p["spec"].get("ingress", []):
+                assert rule.get("from", None) != [], name
+            for rule in p["spec"].get("egress", []):
+                assert rule.get("to", None) != [], name
+                assert "to" in rule, f"{name}: an egress rule to anywhere"
+
+
+def test_gateway_client_port_is_open_and_admin_port_only_to_metrics_scrapers():
+    gw = policies(NETWORK_POLICY)["gateway"]["spec"]
+    (ws,) = [r for r in gw["ingress"] if rule_ports([r]) == {"ws"}]
+    assert "from" not in ws, "WebSocket clients come from anywhere by default"
+    (admin,) = [r for r in gw["ingress"] if rule_ports([r]) == {"admin"}]
+    assert admin["from"] == [MONITORING]
+    # Without metricsFrom the admin port is closed (no rule at all).
+    closed = policies({"networkPolicy": {"enabled": True}})["gateway"]["spec"]
+    assert rule_ports(closed["ingress"]) == {"ws"}
+    # Clients can be narrowed to e.g. the ingress controller.
+    ingress_nginx = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    narrowed = policies({"networkPolicy": {"enabled": True, "gateway": {"clientsFrom": [ingress_nginx]}}})
+    (ws,) = [r for r in narrowed["gateway"]["spec"]["ingress"] if rule_ports([r]) == {"ws"}]
+    assert ws["from"] == [ingress_nginx]
+
+
+def test_egress_reaches_only_nats_postgresql_and_dns():
+    by = policies({"networkPolicy": {"enabled": True}})
+    assert rule_ports(by["gateway"]["spec"]["egress"]) == {4222, 5432, 53}
+    assert rule_ports(by["backend-shim"]["spec"]["egress"]) == {4222, 5432, 53}
+    # The migration Job needs PostgreSQL only, and nothing connects to it.
+    assert rule_ports(by["migrate"]["spec"]["egress"]) == {5432, 53}
+    assert by["migrate"]["spec"].get("ingress", []) == []
+    # extraEgress is appended, e.g. for the OTLP collector.
+    assert 4318 in rule_ports(policies(NETWORK_POLICY)["gateway"]["spec"]["egress"])
+    no_dns = policies({"networkPolicy": {"enabled": True, "dns": {"enabled": False}}})
+    assert rule_ports(no_dns["gateway"]["spec"]["egress"]) == {4222, 5432}
+
+
+def test_nats_and_postgresql_admit_only_the_pods_that_use_them():
+    objects = render(NETWORK_POLICY)
+    by = policies(NETWORK_POLICY)
+    gateway = pod_labels(objects, "Deployment", "gateway")
+    backend = pod_labels(objects, "Deployment", "backend-shim")
+    migrate = pod_labels(objects, "Job", "migrate")
+
+    nats = by["nats-access"]["spec"]
+    assert nats["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "nats"}}
+    assert nats["policyTypes"] == ["Ingress"]
+    (clients,) = [r for r in nats["ingress"] if rule_ports([r]) == {4222}]
+    admitted = [peer["podSelector"] for peer in clients["from"]]
+    assert len(admitted) == 2
+    assert any(selects(s, gateway) for s in admitted) and any(selects(s, backend) for s in admitted)
+    assert not any(selects(s, migrate) for s in admitted), "migrations use no NATS"
+    # The servers reach each other (routes), and the scrapers the monitoring port.
+    assert {"from": [{"podSelector": nats["podSelector"]}]} in nats["ingress"]
+    (monitor,) = [r for r in nats["ingress"] if rule_ports([r]) == {8222}]
+    assert monitor["from"] == [MONITORING]
+
+    pg = by["postgresql-access"]["spec"]
+    (clients,) = [r for r in pg["ingress"] if rule_ports([r]) == {5432}]
+    admitted = [peer["podSelector"] for peer in clients["from"]]
+    assert len(admitted) == 3
+    for labels in (gateway, backend, migrate):
+        assert any(selects(s, labels) for s in admitted)
+
+    # Turned off, e.g. when NATS or PostgreSQL live elsewhere.
+    off = policies({"networkPolicy": {"enabled": True, "nats": {"protect": False}, "postgresql": {"protect": False}}})
+    assert set(off) == {"gateway", "backend-shim", "migrate"}
+
+
+def test_network_policy_schema_rejects_bad_values(chart):
+    for bad in (
+        {"networkPolicy": {"enabled": True, "metricsFrom": [{}]}},
+        {"networkPolicy": {"enabled": True, "nats": {"port": 0}}},
+        {"networkPolicy": {"enabled": True, "nats": {"to": []}}},
+        {"networkPolicy": {"enabeld": True}},
+    ):
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(chart.merge_values(bad))
+
+
+# --- The generated token secret ------------------------------------------------------
+
+
+def test_generated_token_secret_is_kept_from_the_live_secret():
+    """`helm install`/`upgrade` render with a cluster: the template looks the chart's
+    own Secret up and keeps its token. (`helm template` has no cluster, so lookup is
+    empty there; helm/README.md says to use existingSecret with GitOps.)"""
+    text = (CHART / "templates" / "secret.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in text
+    assert 'dig "data" .Values.secretKeys.tokenSecret "" $live' in text
+    assert "default (randAlphaNum 48) $token" in text
+    readme = (CHART.parent / "README.md").read_text()
+    assert "existingSecret" in readme and "GitOps" in readme
+
+
+def test_a_set_token_secret_renders_the_same_on_every_render():
+    token = "x" * 8 + "0123456789abcdefghijklmnopqrstuv"
+    first = of_kind(render({"tokenSecret": token}), "Secret")[0]["data"]["OTAKO_TOKEN_SECRET"]
+    _render_cached.cache_clear()
+    second = of_kind(render({"tokenSecret": token}), "Secret")[0]["data"]["OTAKO_TOKEN_SECRET"]
+    assert first == second
+
+
+def test_existing_secret_renders_no_secret_and_nothing_to_regenerate():
+    objects = render({"existingSecret": "otako-credentials"})
+    assert of_kind(objects, "Secret") == []
+
+
+def test_schema_rejects_a_short_token_secret(chart):
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(chart.merge_values({"tokenSecret": "too-short-a-secret"}))
+    chart.validate_schema(chart.merge_values({"tokenSecret": "y" * 32}))

@@ -87,9 +87,51 @@ def test_every_otako_service_is_configured(compose):
     for name in OTAKO_SERVICES:
         env = compose["services"][name]["environment"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name
-        assert env["OTAKO_NATS_URL"] == "nats://nats:4222", name
         assert env["OTAKO_TOKEN_SECRET"], name
         assert env["OTAKO_LOG_JSON"] == "1", name
+
+
+def test_token_secret_and_nats_passwords_have_no_default():
+    """A default would be a published secret: anyone could sign tokens with it."""
+    text = COMPOSE.read_text()
+    for var in (
+        "OTAKO_TOKEN_SECRET",
+        "OTAKO_NATS_GATEWAY_PASSWORD",
+        "OTAKO_NATS_BACKEND_PASSWORD",
+        "OTAKO_NATS_OPS_PASSWORD",
+    ):
+        uses = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
+        assert uses, var
+        assert all(u.startswith(":?") for u in uses), (var, uses)
+    assert "compose-dev-token-secret" not in text
+
+
+def test_every_published_port_is_on_loopback(compose):
+    for name, service in compose["services"].items():
+        for spec in service.get("ports", []):
+            assert str(spec).startswith("127.0.0.1:"), (name, spec)
+
+
+def test_nats_runs_the_shipped_least_privilege_config(compose):
+    nats = compose["services"]["nats"]
+    command = nats["command"]
+    assert command[command.index("-c") + 1] == "/etc/nats/otako.conf"
+    mounts = [str(v.get("source", v)) if isinstance(v, dict) else str(v) for v in nats["volumes"]]
+    assert any("nats/otako.conf" in m for m in mounts), mounts
+    assert (DEPLOY / "nats" / "otako.conf").is_file()
+    for var in ("OTAKO_NATS_GATEWAY_PASSWORD", "OTAKO_NATS_BACKEND_PASSWORD", "OTAKO_NATS_OPS_PASSWORD"):
+        assert var in nats["environment"], var
+    users = {
+        "gateway-1": "otako-gateway",
+        "gateway-2": "otako-gateway",
+        "backend": "otako-backend",
+    }
+    for name, user in users.items():
+        url = compose["services"][name]["environment"]["OTAKO_NATS_URL"]
+        assert url.startswith(f"nats://{user}:"), (name, url)
+        assert url.endswith("@nats:4222"), (name, url)
+    # Migrations use no NATS.
+    assert "OTAKO_NATS_URL" not in compose["services"]["migrate"]["environment"]
 
 
 def test_gateways_are_distinct_nodes(compose):

@@ -3,9 +3,8 @@
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use otako_common::proto::{
-    DispatchRequest, Roundtrip, DISPATCH_SUBJECT, ERRORS_STREAM, TRACEPARENT_HEADER,
-};
+use otako_common::event::DispatchRequest;
+use otako_common::proto::{Roundtrip, DISPATCH_SUBJECT, ERRORS_STREAM, TRACEPARENT_HEADER};
 use serde_json::Value;
 use std::time::Duration;
 

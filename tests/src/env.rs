@@ -53,6 +53,15 @@ pub fn postgres_port() -> u16 {
         .unwrap_or(54329)
 }
 
+/// The data directory of the PostgreSQL server on [`postgres_port`]:
+/// `OTAKO_TEST_PG_DIR`, else `target/otako-e2e/postgres`. A run that
+/// restarts its server (the chaos run) sets both to a server of its own.
+pub fn postgres_dir() -> PathBuf {
+    std::env::var_os("OTAKO_TEST_PG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| state_dir().join("postgres"))
+}
+
 static POSTGRES: OnceCell<String> = OnceCell::const_new();
 
 /// Installs the dependencies if needed and starts the shared PostgreSQL (once
@@ -62,16 +71,30 @@ pub async fn postgres_superuser_url() -> &'static str {
     POSTGRES
         .get_or_init(|| async {
             run_script("install-deps.sh", &[]).await;
-            let dir = state_dir().join("postgres");
-            let port = postgres_port().to_string();
-            let out = run_script("postgres.sh", &[dir.to_str().expect("utf-8 path"), &port]).await;
-            out.lines()
-                .rev()
-                .find(|l| l.starts_with("postgres://"))
-                .unwrap_or_else(|| panic!("postgres.sh printed no URL: {out}"))
-                .to_owned()
+            start_postgres().await
         })
         .await
+}
+
+/// Starts the server of [`postgres_dir`] on [`postgres_port`] unless it
+/// runs; returns its superuser URL.
+pub async fn start_postgres() -> String {
+    let dir = postgres_dir();
+    let port = postgres_port().to_string();
+    let out = run_script("postgres.sh", &[dir.to_str().expect("utf-8 path"), &port]).await;
+    out.lines()
+        .rev()
+        .find(|l| l.starts_with("postgres://"))
+        .unwrap_or_else(|| panic!("postgres.sh printed no URL: {out}"))
+        .to_owned()
+}
+
+/// Stops the PostgreSQL server (fast shutdown: every session is ended) and
+/// leaves it stopped. Every test process on the same port loses its
+/// database with it: only for a server of one's own (`OTAKO_TEST_PG_DIR`).
+pub async fn stop_postgres() {
+    let dir = postgres_dir();
+    run_script("postgres.sh", &["stop", dir.to_str().expect("utf-8 path")]).await;
 }
 
 /// Runs one of `deploy/scripts/*.sh` to completion; panics with its output on failure.
@@ -112,6 +135,11 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Whether `port` on loopback can be bound right now.
+pub fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 static NAMES: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);

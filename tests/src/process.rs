@@ -110,6 +110,25 @@ impl Proc {
         }
     }
 
+    /// Sends `sig` (e.g. `libc::SIGSTOP`); panics if the process is gone.
+    pub fn send_signal(&self, sig: libc::c_int) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        // SAFETY: a plain syscall on our own child, not yet reaped.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// A field of the process's `/proc/<pid>/status` in KiB (`VmRSS`,
+    /// `VmHWM`); panics if the process is gone.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        proc_status_kib(pid, field)
+    }
+
     /// Asks the process to shut down gracefully.
     pub fn sigterm(&self) {
         self.signal(libc::SIGTERM);
@@ -208,4 +227,22 @@ pub fn fresh_dir(path: &Path) -> PathBuf {
     let _ = std::fs::remove_dir_all(path);
     std::fs::create_dir_all(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
     path.to_path_buf()
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{path} has no {field}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_its_own_resident_memory() {
+        assert!(super::proc_status_kib(std::process::id(), "VmRSS") > 0);
+    }
 }

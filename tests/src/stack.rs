@@ -1,16 +1,17 @@
 //! A whole deployment for one test: NATS (one server or a cluster), a fresh
 //! database, gateway nodes and the backend, all real processes.
 
-use crate::api::Api;
+use crate::api::{Api, User};
 use crate::db::TestDb;
 use crate::dispatch::DispatchClient;
 use crate::env::{binary, free_port, state_dir, unique_test_name, TEST_SECRET};
-use crate::nats::Nats;
+use crate::nats::{Nats, NatsSecurity, Role};
 use crate::process::{fresh_dir, Proc};
 use crate::wait;
 use crate::ws::{Auth, WsClient};
 use otako_common::token::{Claims, TokenKey};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +28,10 @@ pub struct GatewayConfig {
     /// [`Proxy`](crate::proxy::Proxy)) instead of the shared server's port;
     /// the backend and the migrations keep the direct URL.
     pub database_port: Option<u16>,
+    /// The NATS servers each node is given in `OTAKO_NATS_URL`, as a
+    /// comma-separated list; `None`: node `i` is given server `i % n` only,
+    /// so a test knows where each node connects.
+    pub nats_servers: Option<Range<usize>>,
     /// Anything else, e.g. `("OTAKO_SESSION_QUEUE", "8")`.
     pub extra_env: Vec<(String, String)>,
 }
@@ -39,6 +44,7 @@ impl Default for GatewayConfig {
             // Short, so a graceful shutdown in a test does not take long.
             drain_window_ms: 200,
             database_port: None,
+            nats_servers: None,
             extra_env: Vec::new(),
         }
     }
@@ -47,6 +53,8 @@ impl Default for GatewayConfig {
 /// Settings of the backend's dispatcher.
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
+    /// The NATS servers the backend is given, comma-separated; `None`: all.
+    pub nats_servers: Option<Range<usize>>,
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub backoff_ms: u64,
@@ -56,21 +64,38 @@ pub struct BackendConfig {
 impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig {
+            nats_servers: None,
             max_attempts: 5,
             // Generous: several tests assert that every event went through on
             // its first attempt, and a loaded 2-core CI machine can take a
             // while to answer; tests about timeouts set their own.
             timeout_ms: 10_000,
             backoff_ms: 100,
-            extra_env: Vec::new(),
+            extra_env: rate_limits_off(),
         }
     }
+}
+
+/// The backend's rate limits switched off: most tests post, sign up and
+/// change members faster than any one user of a chat app may; the tests of
+/// the limits turn them on with [`StackBuilder::backend_env`] (a later
+/// entry wins).
+pub fn rate_limits_off() -> Vec<(String, String)> {
+    [
+        "OTAKO_MESSAGE_RATE_PER_S",
+        "OTAKO_MEMBER_RATE_PER_S",
+        "OTAKO_SIGNUP_RATE_PER_S",
+    ]
+    .into_iter()
+    .map(|k| (k.to_owned(), "0".to_owned()))
+    .collect()
 }
 
 pub struct StackBuilder {
     name: Option<String>,
     gateways: usize,
     nats_servers: usize,
+    nats_security: NatsSecurity,
     backend: bool,
     gateway: GatewayConfig,
     backend_config: BackendConfig,
@@ -94,6 +119,61 @@ impl StackBuilder {
     pub fn nats_cluster(mut self, n: usize) -> Self {
         assert!(n >= 1);
         self.nats_servers = n;
+        self
+    }
+
+    /// NATS with the shipped least-privilege users (deploy/nats/otako.conf);
+    /// the gateways and the backend then connect with their own user's
+    /// password in `OTAKO_NATS_URL`, the harness's clients as `otako-ops`.
+    /// Default off: NATS takes any client.
+    pub fn nats_auth(mut self, on: bool) -> Self {
+        self.nats_security.users = on;
+        self
+    }
+
+    /// NATS over TLS only, with a private CA made for the test; the
+    /// processes get `tls://` URLs and `OTAKO_NATS_TLS_CA`. Default off.
+    pub fn nats_tls(mut self, on: bool) -> Self {
+        self.nats_security.tls = on;
+        self
+    }
+
+    /// Every gateway node is given the URLs of `servers` (indices into the
+    /// cluster) as one comma-separated `OTAKO_NATS_URL`, as a deployment
+    /// would; the client picks one of them.
+    pub fn gateway_nats_servers(mut self, servers: Range<usize>) -> Self {
+        self.gateway.nats_servers = Some(servers);
+        self
+    }
+
+    /// Every gateway node is given every server's URL.
+    pub fn gateways_get_every_nats_url(self) -> Self {
+        let n = self.nats_servers;
+        self.gateway_nats_servers(0..n)
+    }
+
+    /// The backend is given the URLs of `servers` only (default: all).
+    pub fn backend_nats_servers(mut self, servers: Range<usize>) -> Self {
+        self.backend_config.nats_servers = Some(servers);
+        self
+    }
+
+    /// Spreads the backend's requests over the gateway nodes: a cluster of
+    /// four NATS servers, every node given the first three (one
+    /// comma-separated list) and the backend the fourth alone, so no node
+    /// is favoured by sharing the backend's server, and consecutive events
+    /// of one channel are often handled by different nodes and published on
+    /// different servers.
+    pub fn spread_over_nodes(self) -> Self {
+        self.nats_cluster(4)
+            .gateway_nats_servers(0..3)
+            .backend_nats_servers(3..4)
+    }
+
+    /// The NATS cluster's servers do not tell clients about each other (see
+    /// [`Nats::cluster_without_advertising`]).
+    pub fn nats_no_advertise(mut self) -> Self {
+        self.nats_security.no_advertise = true;
         self
     }
 
@@ -158,13 +238,7 @@ impl StackBuilder {
             std::process::id()
         )));
         // Independent of each other: start NATS while the database is made.
-        let nats = async {
-            if self.nats_servers == 1 {
-                Nats::single(&run, &logs).await
-            } else {
-                Nats::cluster(self.nats_servers, &run, &logs).await
-            }
-        };
+        let nats = Nats::start(self.nats_servers, &run, &logs, self.nats_security);
         let db = async {
             let db = TestDb::create().await;
             migrate(&db, &logs).await;
@@ -220,6 +294,9 @@ pub struct Gateway {
     pub node_id: String,
     pub ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The environment it was started with, so a restart is the same node.
+    env: Vec<(String, String)>,
+    log: PathBuf,
     proc: Proc,
 }
 
@@ -323,6 +400,7 @@ impl Stack {
             name: None,
             gateways: 1,
             nats_servers: 1,
+            nats_security: NatsSecurity::default(),
             backend: true,
             gateway: GatewayConfig::default(),
             backend_config: BackendConfig::default(),
@@ -344,6 +422,18 @@ impl Stack {
         mint_token(TEST_SECRET, user_id, username, 0)
     }
 
+    /// Alice, and Bob as a member of a channel she created, with every event
+    /// of that dispatched: where most session tests start.
+    pub async fn alice_and_bob(&self, channel_name: &str) -> (User, User, String) {
+        let api = self.api();
+        let alice = api.create_user("alice").await;
+        let bob = api.create_user("bob").await;
+        let channel = api.create_channel(&alice.token, channel_name).await;
+        api.add_member(&alice.token, &channel, &bob.id).await;
+        self.db.wait_outbox_settled(crate::ws::ARRIVE).await;
+        (alice, bob, channel)
+    }
+
     /// A client for the dispatch subject, connected to NATS server `i`.
     pub async fn dispatcher(&self, i: usize) -> DispatchClient {
         DispatchClient::new(self.nats.client(i).await)
@@ -355,18 +445,45 @@ impl Stack {
         let node_id = format!("gw-{n}");
         let ws_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let env = self.gateway_env(n, &node_id, ws_addr, admin_addr);
+        let log = self.logs.join(format!("{node_id}.log"));
+        let proc = spawn_gateway_proc(&node_id, &env, &log);
+        Gateway {
+            node_id,
+            ws_addr,
+            admin_addr,
+            env,
+            log,
+            proc,
+        }
+    }
+
+    /// The environment of gateway node number `n` (from 1).
+    fn gateway_env(
+        &self,
+        n: usize,
+        node_id: &str,
+        ws_addr: SocketAddr,
+        admin_addr: SocketAddr,
+    ) -> Vec<(String, String)> {
         let c = &self.gateway_config;
         let database_url = match c.database_port {
             Some(port) => format!("postgres://otako@127.0.0.1:{port}/{}", self.db.name()),
             None => self.db.url().to_owned(),
         };
         let mut env: Vec<(&str, String)> = vec![
-            ("OTAKO_NATS_URL", self.nats.url((n - 1) % self.nats.len())),
+            (
+                "OTAKO_NATS_URL",
+                match &c.nats_servers {
+                    Some(servers) => self.nats.urls_of_as(servers.clone(), Role::Gateway),
+                    None => self.nats.url_as((n - 1) % self.nats.len(), Role::Gateway),
+                },
+            ),
             ("DATABASE_URL", database_url),
             ("OTAKO_TOKEN_SECRET", TEST_SECRET.to_owned()),
             ("OTAKO_GATEWAY_LISTEN", ws_addr.to_string()),
             ("OTAKO_ADMIN_LISTEN", admin_addr.to_string()),
-            ("OTAKO_NODE_ID", node_id.clone()),
+            ("OTAKO_NODE_ID", node_id.to_owned()),
             ("OTAKO_HEARTBEAT_INTERVAL_MS", c.heartbeat_ms.to_string()),
             (
                 "OTAKO_MAX_SESSIONS_PER_USER",
@@ -378,20 +495,11 @@ impl Stack {
                 self.nats.len().min(5).to_string(),
             ),
         ];
-        env.extend(c.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        let proc = Proc::spawn(
-            &node_id,
-            binary("otako-gateway"),
-            &[],
-            &env,
-            &self.logs.join(format!("{node_id}.log")),
-        );
-        Gateway {
-            node_id,
-            ws_addr,
-            admin_addr,
-            proc,
+        if let Some(ca) = self.nats.tls_ca() {
+            env.push(("OTAKO_NATS_TLS_CA", ca.to_string_lossy().into_owned()));
         }
+        env.extend(c.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
     /// Starts one more gateway node and waits until it is ready; returns its index.
@@ -402,6 +510,16 @@ impl Stack {
         self.gateways.len() - 1
     }
 
+    /// Starts gateway `i` again as the same node (id, ports, environment)
+    /// after it exited or was killed, and waits until it is ready; SIGKILLs
+    /// it first if it still runs.
+    pub async fn restart_gateway(&mut self, i: usize) {
+        let gw = &mut self.gateways[i];
+        gw.proc.kill();
+        gw.proc = spawn_gateway_proc(&gw.node_id, &gw.env, &gw.log);
+        gw.wait_ready().await;
+    }
+
     /// Starts the backend (again, after `kill_backend`) on its fixed port and
     /// waits for `/healthz`.
     pub async fn start_backend(&mut self) {
@@ -409,7 +527,13 @@ impl Stack {
         let addr: SocketAddr = ([127, 0, 0, 1], self.backend_port).into();
         let c = &self.backend_config;
         let mut env: Vec<(&str, String)> = vec![
-            ("OTAKO_NATS_URL", self.nats.urls()),
+            (
+                "OTAKO_NATS_URL",
+                match &c.nats_servers {
+                    Some(servers) => self.nats.urls_of_as(servers.clone(), Role::Backend),
+                    None => self.nats.urls_as(Role::Backend),
+                },
+            ),
             ("DATABASE_URL", self.db.url().to_owned()),
             ("OTAKO_TOKEN_SECRET", TEST_SECRET.to_owned()),
             ("OTAKO_HTTP_LISTEN", addr.to_string()),
@@ -417,6 +541,9 @@ impl Stack {
             ("OTAKO_DISPATCH_TIMEOUT_MS", c.timeout_ms.to_string()),
             ("OTAKO_DISPATCH_BACKOFF_MS", c.backoff_ms.to_string()),
         ];
+        if let Some(ca) = self.nats.tls_ca() {
+            env.push(("OTAKO_NATS_TLS_CA", ca.to_string_lossy().into_owned()));
+        }
         env.extend(c.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let mut proc = Proc::spawn(
             "backend",
@@ -448,6 +575,11 @@ impl Stack {
             b.proc.kill();
         }
     }
+}
+
+fn spawn_gateway_proc(node_id: &str, env: &[(String, String)], log: &std::path::Path) -> Proc {
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    Proc::spawn(node_id, binary("otako-gateway"), &[], &env, log)
 }
 
 /// Signs a token the way the backend does (generation `generation`, valid

@@ -6,12 +6,13 @@
 //! tests read as a list of expectations.
 
 use futures_util::{SinkExt, StreamExt};
+use otako_common::close::CloseCode;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -43,7 +44,8 @@ pub enum Incoming {
     Text(String),
     Binary(Vec<u8>),
     Pong(Vec<u8>),
-    /// A close frame: code (None when the frame had no code) and reason.
+    /// A close frame: code as sent (None when the frame had no code; a raw
+    /// number, so a code outside the contract shows as itself) and reason.
     Close(Option<u16>, String),
     /// The connection ended without a close frame.
     Ended(Option<String>),
@@ -59,6 +61,8 @@ pub struct WsClient {
     /// The READY `d`, once read.
     pub ready: Option<Value>,
     last_s: Option<u64>,
+    /// The cursor of the last event frame (or READY's), to resume from.
+    pub last_cursor: Option<String>,
     closed: bool,
 }
 
@@ -119,6 +123,7 @@ impl WsClient {
             hello: None,
             ready: None,
             last_s: None,
+            last_cursor: None,
             closed: false,
         })
     }
@@ -179,6 +184,25 @@ impl WsClient {
             self.label
         );
         self.last_s = Some(s);
+        // Every event frame carries its position in the history (the
+        // contract's cursor), READY the position the session starts from.
+        let cursor = if v["t"] == "READY" {
+            &v["d"]["cursor"]
+        } else {
+            &v["cursor"]
+        };
+        let cursor = cursor
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: dispatch frame without a cursor: {v}", self.label));
+        assert!(
+            cursor.len() <= 64
+                && cursor
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)),
+            "{}: a cursor is at most 64 characters of A-Z a-z 0-9 . _ ~ -: {v}",
+            self.label
+        );
+        self.last_cursor = Some(cursor.to_owned());
     }
 
     /// The next JSON frame; panics on anything else or on timeout.
@@ -317,9 +341,9 @@ impl WsClient {
     }
 
     /// Reads until a close frame, which must carry `code`; returns its reason.
-    pub async fn expect_close(&mut self, code: u16, timeout: Duration) -> String {
+    pub async fn expect_close(&mut self, code: CloseCode, timeout: Duration) -> String {
         match self.next_incoming(timeout).await {
-            Some(Incoming::Close(Some(c), reason)) if c == code => reason,
+            Some(Incoming::Close(Some(c), reason)) if c == code.code() => reason,
             Some(other) => panic!("{}: expected close {code}, got {other:?}", self.label),
             None => panic!(
                 "{}: expected close {code}, nothing came within {timeout:?}",
@@ -331,10 +355,10 @@ impl WsClient {
     /// Expects the session to be refused with `code`: a hello (op 10) may
     /// come first (some checks need the database, after the upgrade), but
     /// nothing else. Returns the close reason.
-    pub async fn expect_refused(&mut self, code: u16) -> String {
+    pub async fn expect_refused(&mut self, code: CloseCode) -> String {
         match self.next_incoming(ARRIVE).await {
             Some(Incoming::Json(v)) if v["op"] == 10 => self.expect_close(code, ARRIVE).await,
-            Some(Incoming::Close(Some(c), reason)) if c == code => reason,
+            Some(Incoming::Close(Some(c), reason)) if c == code.code() => reason,
             Some(other) => panic!(
                 "{}: expected to be refused with {code}, got {other:?}",
                 self.label
@@ -355,7 +379,7 @@ impl WsClient {
         let _ = self
             .ws
             .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                code: CloseCode::Normal,
+                code: WireCloseCode::Normal,
                 reason: "".into(),
             }))
             .await;
@@ -364,4 +388,10 @@ impl WsClient {
         })
         .await;
     }
+}
+
+/// Asserts that none of `clients` receives anything for [`QUIET`], all
+/// watched at once (after a positive sync point, so silence means something).
+pub async fn expect_all_quiet<'a>(clients: impl IntoIterator<Item = &'a mut WsClient>) {
+    futures_util::future::join_all(clients.into_iter().map(|c| c.expect_no_dispatch(QUIET))).await;
 }

@@ -1,16 +1,11 @@
-//! The client side of the gateway: who may connect, and the one frame a
-//! client may send (issue #2). Users are created in the database directly,
-//! with tokens signed like the backend signs them; no backend runs.
+//! The client side of the gateway: who may connect, and the one frame a client
+//! may send. Users are created in the database directly, with tokens signed
+//! like the backend signs them; no backend runs.
 
 use otako_common::token::{Claims, TokenKey};
-use otako_e2e::{mint_token, Auth, Stack, ARRIVE, QUIET, TEST_SECRET};
+use otako_e2e::{mint_token, Auth, CloseCode, Stack, WsClient, ARRIVE, QUIET, TEST_SECRET};
 use std::time::{Duration, Instant};
-
-/// Close codes of the contract.
-const REJECTED: u16 = 4001;
-const AUTH_FAILED: u16 = 4004;
-const TOO_FREQUENT: u16 = 4008;
-const HEARTBEAT_TIMEOUT: u16 = 4009;
+use tokio_tungstenite::tungstenite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_client_frame_but_a_heartbeat_is_rejected() {
@@ -54,7 +49,7 @@ async fn any_client_frame_but_a_heartbeat_is_rejected() {
             Frame::Text(t) => c.send_text(&t).await,
             Frame::Binary(b) => c.send_binary(b).await,
         }
-        c.expect_close(REJECTED, ARRIVE).await;
+        c.expect_close(CloseCode::Rejected, ARRIVE).await;
     }
 
     // The node is unharmed.
@@ -87,7 +82,7 @@ async fn heartbeats_keep_a_session_open_and_are_policed() {
         last_beat = Instant::now();
         c.heartbeat_acked().await;
     }
-    c.expect_close(HEARTBEAT_TIMEOUT, ARRIVE).await;
+    c.expect_close(CloseCode::HeartbeatTimeout, ARRIVE).await;
     let silent = last_beat.elapsed();
     assert!(
         silent >= interval * 3 / 2,
@@ -96,7 +91,7 @@ async fn heartbeats_keep_a_session_open_and_are_policed() {
 
     // A session that sends no heartbeat at all times out the same way.
     let mut c = gw.connect(&token, "silent").await;
-    c.expect_close(HEARTBEAT_TIMEOUT, ARRIVE).await;
+    c.expect_close(CloseCode::HeartbeatTimeout, ARRIVE).await;
 
     // More than 4 heartbeats in one interval is too many. Sent back to back,
     // so all five surely land in one interval: four acks, then 4008.
@@ -107,7 +102,7 @@ async fn heartbeats_keep_a_session_open_and_are_policed() {
     for _ in 0..4 {
         assert_eq!(c.next_json(ARRIVE).await, serde_json::json!({"op": 11}));
     }
-    c.expect_close(TOO_FREQUENT, ARRIVE).await;
+    c.expect_close(CloseCode::TooFrequent, ARRIVE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +146,7 @@ async fn bad_tokens_are_refused_with_4004() {
     ];
     for (what, auth) in cases {
         let mut c = gw.connect_raw(auth, what).await;
-        c.expect_refused(AUTH_FAILED).await;
+        c.expect_refused(CloseCode::AuthFailed).await;
     }
 
     // The good token works in each of the three forms.
@@ -177,7 +172,28 @@ async fn bad_tokens_are_refused_with_4004() {
     // A revoked token (the user's generation moved on) is refused too.
     stack.db.bump_token_generation(alice).await;
     let mut c = gw.connect_raw(Auth::Header(&token), "revoked").await;
-    c.expect_refused(AUTH_FAILED).await;
+    c.expect_refused(CloseCode::AuthFailed).await;
     let fresh = mint_token(TEST_SECRET, alice, "alice", 1);
     gw.connect(&fresh, "new generation").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_path_but_the_gateway_is_answered_404_without_an_upgrade() {
+    let stack = Stack::builder().backend(false).build().await;
+    let alice = stack.db.insert_user("alice").await;
+    let token = stack.token_for(alice, "alice");
+    let gw = stack.gateway(0);
+    for path in ["/", "/gateway/", "/gateways", "/api/gateway", "/healthz"] {
+        let url = format!("ws://{}{path}", gw.ws_addr);
+        match WsClient::try_connect(&url, Auth::Header(&token), path).await {
+            Err(tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 404, "{path}: {resp:?}")
+            }
+            Err(e) => panic!("{path}: expected a 404 answer, got {e}"),
+            Ok(_) => panic!("{path}: upgraded, but only /gateway is the gateway"),
+        }
+    }
+    // The gateway itself is still there.
+    let mut c = gw.connect(&token, "alice").await;
+    c.heartbeat_acked().await;
 }

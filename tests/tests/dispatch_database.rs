@@ -9,7 +9,8 @@
 //! play the backend on `otako.dispatch`.
 
 use otako_e2e::{
-    event_body, fresh_event_id, Auth, DispatchClient, Proxy, Stack, WsClient, ARRIVE, QUIET,
+    event_body, fresh_event_id, Auth, CloseCode, DispatchClient, Proxy, Stack, WsClient, ARRIVE,
+    QUIET,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -246,55 +247,59 @@ async fn a_connection_broken_by_a_database_restart_does_not_fail_the_next_dispat
     assert_eq!(s.sender.error_count().await, 0, "no failure was recorded");
 }
 
+/// Several pooled connections, all broken by one database restart, must not
+/// fail the dispatches after it, whether they were used just before the
+/// restart or sat idle long enough to be pinged before reuse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_connections_broken_by_a_database_restart_do_not_fail_dispatches() {
-    // As above with several pooled connections, all dead and all recently
-    // used (so none is pinged before reuse): a single retry may pick another
-    // dead one.
-    let proxy = Proxy::to_postgres().await;
-    let mut s = setup(&proxy).await;
-    let pooled = fill_pool(&s, &proxy, 3).await;
-    proxy.wait_quiet(SETTLED).await;
-
-    proxy.cut().await;
-    proxy.restore();
-
-    for i in 0..3 {
-        dispatch_ok(
-            &mut s,
-            &format!("after the restart {i}"),
-            &format!("request {i} after a restart that broke {pooled} pooled connections"),
-            &proxy,
-        )
-        .await;
+async fn pooled_connections_broken_by_a_database_restart_do_not_fail_dispatches() {
+    struct Case {
+        what: &'static str,
+        /// How long the pool sits without traffic before the restart.
+        idle: Duration,
     }
-    s.client.expect_no_dispatch(QUIET).await;
-    assert_eq!(s.sender.error_count().await, 0, "no failure was recorded");
-}
+    let cases = [
+        // Recently used, so none is pinged before reuse: a single retry may
+        // pick another dead one.
+        Case {
+            what: "recently used",
+            idle: SETTLED,
+        },
+        // Idle past the ping threshold: each is found dead before use and
+        // replaced.
+        Case {
+            what: "idle",
+            idle: PAST_PING_THRESHOLD,
+        },
+    ];
+    for case in cases {
+        let proxy = Proxy::to_postgres().await;
+        let mut s = setup(&proxy).await;
+        let pooled = fill_pool(&s, &proxy, 3).await;
+        proxy.wait_quiet(case.idle).await;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_broken_by_a_database_restart_do_not_fail_dispatches() {
-    // Several pooled connections that sat idle past the ping threshold, then
-    // died: each is found dead before use and replaced.
-    let proxy = Proxy::to_postgres().await;
-    let mut s = setup(&proxy).await;
-    let pooled = fill_pool(&s, &proxy, 3).await;
-    proxy.wait_quiet(PAST_PING_THRESHOLD).await;
+        proxy.cut().await;
+        proxy.restore();
 
-    proxy.cut().await;
-    proxy.restore();
-
-    for i in 0..3 {
-        dispatch_ok(
-            &mut s,
-            &format!("after the restart {i}"),
-            &format!("request {i} after a restart that broke {pooled} idle pooled connections"),
-            &proxy,
-        )
-        .await;
+        for i in 0..3 {
+            dispatch_ok(
+                &mut s,
+                &format!("after the restart {i}"),
+                &format!(
+                    "request {i} after a restart that broke {pooled} {} pooled connections",
+                    case.what
+                ),
+                &proxy,
+            )
+            .await;
+        }
+        s.client.expect_no_dispatch(QUIET).await;
+        assert_eq!(
+            s.sender.error_count().await,
+            0,
+            "{}: no failure was recorded",
+            case.what
+        );
     }
-    s.client.expect_no_dispatch(QUIET).await;
-    assert_eq!(s.sender.error_count().await, 0, "no failure was recorded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +316,7 @@ async fn a_session_started_while_the_database_is_cut_is_refused_with_1011() {
         .gateway(0)
         .connect_raw(Auth::Header(&token), "alice, during the outage")
         .await;
-    let reason = refused.expect_refused(1011).await;
+    let reason = refused.expect_refused(CloseCode::Internal).await;
     assert!(
         reason.contains("database"),
         "the close reason names the database: {reason:?}"

@@ -1,7 +1,7 @@
-//! Events the gateway cannot handle (issue #2): each is answered
-//! `success:false`, logged to `OTAKO_ERRORS` exactly once per event id across
-//! the cluster, and the node keeps serving. The tests play the backend
-//! themselves, sending raw requests on `otako.dispatch`.
+//! Events the gateway cannot handle: each is answered `success:false`, logged
+//! to `OTAKO_ERRORS` exactly once per event id across the cluster, and the node
+//! keeps serving. The tests play the backend themselves, sending raw requests
+//! on `otako.dispatch`.
 
 use otako_e2e::{event_body, fresh_event_id, Stack, QUIET};
 use serde_json::{json, Value};
@@ -37,8 +37,8 @@ fn check_record_shape(record: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_row_fails_on_every_node_and_is_logged_once() {
     // Three NATS servers, each gateway node on its own one, and a requester on
-    // each server: NATS prefers a queue subscriber local to the publisher's
-    // server, so retries spread over the nodes quickly.
+    // each server, so retries come in on every server and spread over the
+    // nodes quickly.
     let stack = Stack::builder()
         .backend(false)
         .nats_cluster(3)
@@ -230,4 +230,67 @@ async fn malformed_and_unknown_events_fail_and_the_node_keeps_serving() {
     client.expect_no_dispatch(QUIET).await;
     // No new record for a success.
     assert_eq!(sender.error_count().await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_nodes_failing_the_same_event_at_once_log_one_record() {
+    // Every node given all three servers' URLs, as a deployment would, and a
+    // sender on each server, all copies sent at the same moment: several
+    // nodes fail the event concurrently and race to claim its record.
+    let stack = Stack::builder()
+        .backend(false)
+        .nats_cluster(3)
+        .gateways_get_every_nats_url()
+        .gateways(3)
+        .build()
+        .await;
+    let mut senders = Vec::new();
+    for i in 0..3 {
+        senders.push(stack.dispatcher(i).await);
+    }
+    const ROUNDS: usize = 5;
+    const COPIES_PER_SENDER: usize = 4;
+    let mut failing_nodes = BTreeSet::new();
+    let mut event_ids = Vec::new();
+    for round in 0..ROUNDS {
+        let event_id = fresh_event_id();
+        let body = event_body(
+            "EVENT_MESSAGE_CREATE",
+            json!({"id": "987654321", "channel_id": "123456789"}),
+            json!(round.to_string()),
+            json!(event_id),
+        );
+        let copies = senders.iter().flat_map(|s| {
+            let body = &body;
+            (0..COPIES_PER_SENDER).map(move |_| s.send(body.clone()))
+        });
+        let replies = futures_util::future::join_all(copies).await;
+        let nodes: BTreeSet<String> = replies.iter().map(|r| r.node().to_owned()).collect();
+        for r in &replies {
+            assert!(!r.success(), "a missing row must fail: {}", r.raw);
+            assert_eq!(r.raw["event_id"], json!(event_id), "{}", r.raw);
+        }
+        assert!(
+            nodes.len() >= 2,
+            "round {round}: every copy was failed by {nodes:?}; wanted several nodes at once"
+        );
+        failing_nodes.extend(nodes);
+        event_ids.push(event_id);
+    }
+    // One record per event id, however many nodes failed it at once.
+    let records = senders[0].error_records().await;
+    for id in &event_ids {
+        let of_id: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["event_id"] == json!(id))
+            .collect();
+        assert_eq!(
+            of_id.len(),
+            1,
+            "event {id} failed {} times on {failing_nodes:?}: {of_id:#?}",
+            3 * COPIES_PER_SENDER
+        );
+        check_record_shape(of_id[0]);
+    }
+    assert_eq!(records.len(), ROUNDS, "{records:#?}");
 }

@@ -1,82 +1,22 @@
-//! Metrics, health and logs of a gateway node (issue #4, part 2): the
-//! Prometheus text on the admin port moves with real traffic; `/healthz` and
-//! `/readyz` tell a load balancer what it needs (draining, NATS lost and
-//! back); with `OTAKO_LOG_JSON=1` every log line is JSON and lines inside a
-//! dispatch carry its trace id.
+//! Metrics, health and logs of a gateway node: the Prometheus text on the admin
+//! port moves with real traffic; `/healthz` and `/readyz` tell a load balancer
+//! what it needs (draining, NATS lost and back); with `OTAKO_LOG_JSON=1` every
+//! log line is JSON and lines inside a dispatch carry its trace id.
 
 use futures_util::StreamExt;
 use otako_common::proto::{DISPATCH_SUBJECT, TRACEPARENT_HEADER};
-use otako_e2e::ops_support::{fresh_traceparent, http_status, json_lines, Metrics};
-use otako_e2e::{fresh_event_id, wait, Gateway, Stack, ARRIVE};
+use otako_e2e::http::http_status;
+use otako_e2e::logs::json_lines;
+use otako_e2e::traceparent::fresh_traceparent;
+use otako_e2e::{fresh_event_id, wait, CloseCode, Metrics, Stack, StalledClient, ARRIVE};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 const CREATE: &str = "EVENT_MESSAGE_CREATE";
 
-async fn metrics(gw: &Gateway) -> Metrics {
-    Metrics::fetch(&gw.admin_url("/metrics")).await
-}
-
-/// Polls the gateway's metrics until `cond` holds; panics with the text.
-async fn metrics_until(gw: &Gateway, what: &str, cond: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = tokio::time::Instant::now() + ARRIVE;
-    loop {
-        let m = metrics(gw).await;
-        if cond(&m) {
-            return m;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out waiting for {what}; /metrics:\n{}", m.text);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A session over a socket with a tiny receive buffer that reads nothing
-/// after READY until told to.
-struct Stalled {
-    ws: WebSocketStream<TcpStream>,
-}
-
-impl Stalled {
-    async fn open(gw: &Gateway, token: &str) -> Stalled {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(gw.ws_addr).await.unwrap();
-        let mut req = gw.ws_url().into_client_request().unwrap();
-        req.headers_mut()
-            .insert("authorization", HeaderValue::from_str(token).unwrap());
-        let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
-        for want in ["hello", "READY"] {
-            match tokio::time::timeout(ARRIVE, ws.next()).await {
-                Ok(Some(Ok(Message::Text(_)))) => {}
-                other => panic!("stalled client: expected {want}, got {other:?}"),
-            }
-        }
-        Stalled { ws }
-    }
-
-    /// Reads until the server closes; returns the close code.
-    async fn drain_to_close(mut self) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_))) | Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-}
-
-/// Every family the issue names moves as real traffic flows.
+/// Every metric family the gateway documents moves as real traffic flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_follow_real_traffic() {
     let stack = Stack::builder()
@@ -93,7 +33,7 @@ async fn prometheus_metrics_follow_real_traffic() {
     api.add_member(&alice.token, &channel, &bob.id).await;
     stack.db.wait_outbox_settled(ARRIVE).await;
 
-    let m0 = metrics(gw).await;
+    let m0 = Metrics::of(gw).await;
     for family in [
         "otako_sessions_open",
         "otako_dispatch_requests_total",
@@ -120,7 +60,7 @@ async fn prometheus_metrics_follow_real_traffic() {
     // Sessions: a member and a non-member.
     let mut alice1 = gw.connect(&alice.token, "alice").await;
     let mut carol1 = gw.connect(&carol.token, "carol").await;
-    let m1 = metrics_until(gw, "two open sessions", |m| {
+    let m1 = Metrics::until(gw, "two open sessions", |m| {
         m.sum("otako_sessions_open", &[]) == 2.0
     })
     .await;
@@ -137,7 +77,7 @@ async fn prometheus_metrics_follow_real_traffic() {
         alice1.expect_dispatch(CREATE).await;
     }
     let t = [("t", CREATE)];
-    let m2 = metrics_until(gw, "three commit-to-socket samples", |m| {
+    let m2 = Metrics::until(gw, "three commit-to-socket samples", |m| {
         m.sum("otako_commit_to_socket_seconds_count", &[])
             == base("otako_commit_to_socket_seconds_count", &[]) + 3.0
     })
@@ -187,7 +127,7 @@ async fn prometheus_metrics_follow_real_traffic() {
         )
         .await;
     assert!(!r.success());
-    let m3 = metrics(gw).await;
+    let m3 = Metrics::of(gw).await;
     assert_eq!(m3.sum("otako_dispatch_failed_total", &t), 1.0);
     assert_eq!(
         m3.sum("otako_dispatch_requests_total", &t),
@@ -200,24 +140,34 @@ async fn prometheus_metrics_follow_real_traffic() {
         m3.text
     );
 
-    // Closes by code: 1000 (client), 4001 (client sent something else).
-    let closed = |m: &Metrics, code: &str| m.sum("otako_sessions_closed_total", &[("code", code)]);
+    // Closes by code: the client's own, and a client that sent something
+    // other than a heartbeat.
+    let closed = |m: &Metrics, code: CloseCode| {
+        m.sum(
+            "otako_sessions_closed_total",
+            &[("code", &code.code().to_string())],
+        )
+    };
     alice1.close().await;
     carol1.send_text("not a heartbeat").await;
-    carol1.expect_close(4001, ARRIVE).await;
-    let m4 = metrics_until(gw, "two closed sessions", |m| {
-        closed(m, "1000") == 1.0 && closed(m, "4001") == 1.0
+    carol1.expect_close(CloseCode::Rejected, ARRIVE).await;
+    let m4 = Metrics::until(gw, "two closed sessions", |m| {
+        closed(m, CloseCode::Normal) == 1.0 && closed(m, CloseCode::Rejected) == 1.0
     })
     .await;
     assert_eq!(m4.sum("otako_sessions_open", &[]), 0.0);
 
-    // A slow client: a full queue closes it (4011) and counts once.
-    let stalled = Stalled::open(gw, &bob.token).await;
+    // A slow client: a full queue closes it (too slow) and counts once.
+    let stalled = StalledClient::connect(gw, &bob.token, "bob (stalled)").await;
     // 2000 characters of 4 bytes: 8 KB a frame. The node may buffer about
     // 1 MiB per socket (tungstenite's write buffer) besides the kernel's.
     let content = "\u{1F600}".repeat(2000);
     let mut posted = 0;
-    while metrics(gw).await.sum("otako_slow_client_closes_total", &[]) == 0.0 {
+    while Metrics::of(gw)
+        .await
+        .sum("otako_slow_client_closes_total", &[])
+        == 0.0
+    {
         assert!(
             posted < 1000,
             "posted {posted} messages of 8 KB to a client that reads nothing, \
@@ -227,8 +177,12 @@ async fn prometheus_metrics_follow_real_traffic() {
         futures_util::future::join_all(batch).await;
         posted += 10;
     }
-    assert_eq!(stalled.drain_to_close().await, Some(4011));
-    let m5 = metrics_until(gw, "the 4011 close", |m| closed(m, "4011") == 1.0).await;
+    let (_, code, _) = stalled.drain(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(CloseCode::TooSlow.code()));
+    let m5 = Metrics::until(gw, "the too-slow close", |m| {
+        closed(m, CloseCode::TooSlow) == 1.0
+    })
+    .await;
     assert_eq!(m5.sum("otako_slow_client_closes_total", &[]), 1.0);
     assert_eq!(m5.sum("otako_sessions_open", &[]), 0.0);
     assert_eq!(
@@ -274,7 +228,7 @@ async fn readyz_is_503_while_draining_and_healthz_stays_200() {
             let v = s.next_json(Duration::from_secs(15)).await;
             assert_eq!(v, json!({"op": 7}), "{}", s.label());
             asked.fetch_add(1, Ordering::SeqCst);
-            s.expect_close(1012, ARRIVE).await;
+            s.expect_close(CloseCode::Restart, ARRIVE).await;
         });
     }
     let mut gone = 0;

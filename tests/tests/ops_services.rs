@@ -1,9 +1,11 @@
-//! Both binaries as NATS micro-services (issue #5): discovery and live
-//! figures over `$SRV.PING/INFO/STATS`, events held in the outbox while no
-//! gateway answers, an event a live gateway keeps failing dropped after X
-//! attempts and logged once, and each side watching the other come and go.
+//! Both binaries as NATS micro-services: discovery and live figures over
+//! `$SRV.PING/INFO/STATS`, events held in the outbox while no gateway answers,
+//! an event a live gateway keeps failing dropped after X attempts and logged
+//! once, and each side watching the other come and go.
 
-use otako_e2e::ops_support::{http_json, signal, srv_answers, srv_stats, stats_data, Metrics};
+use otako_e2e::http::http_json;
+use otako_e2e::services::{collect_answers, srv_answers, srv_stats, stats_data};
+use otako_e2e::Metrics;
 use otako_e2e::{fresh_event_id, wait, Stack, ARRIVE};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -17,12 +19,9 @@ const CREATE: &str = "EVENT_MESSAGE_CREATE";
 
 /// The backend's node id as its `$SRV.PING` answer gives it.
 async fn backend_node(client: &async_nats::Client) -> String {
-    let answers = otako_e2e::ops_support::collect_answers(
-        client,
-        &format!("$SRV.PING.{BACKEND}"),
-        ARRIVE,
-        |got| !got.is_empty(),
-    )
+    let answers = collect_answers(client, &format!("$SRV.PING.{BACKEND}"), ARRIVE, |got| {
+        !got.is_empty()
+    })
     .await;
     assert_eq!(answers.len(), 1, "one backend answers: {answers:?}");
     answers[0]["metadata"]["node_id"]
@@ -257,14 +256,19 @@ async fn events_wait_while_no_gateway_answers_and_all_arrive_in_order() {
     // Freeze the backend while one node starts and the member connects, so
     // the member is there before the first event goes out.
     let backend_proc = stack.backend.as_mut().unwrap().proc();
-    signal(backend_proc, libc::SIGSTOP);
+    backend_proc.send_signal(libc::SIGSTOP);
     let started = async {
         let i = stack.start_gateway().await;
         let session = stack.gateway(i).connect(&alice.token, "alice").await;
         (i, session)
     };
     let (node, mut session) = started.await;
-    signal(stack.backend.as_mut().unwrap().proc(), libc::SIGCONT);
+    stack
+        .backend
+        .as_mut()
+        .unwrap()
+        .proc()
+        .send_signal(libc::SIGCONT);
     assert_eq!(session.ready_channels(), vec![channel.clone()]);
 
     for (n, want) in ids.iter().enumerate() {

@@ -1,12 +1,14 @@
-//! Tracing (issue #4, part 1): with `OTEL_EXPORTER_OTLP_ENDPOINT` set, both
-//! binaries export their spans over OTLP (HTTP by default, gRPC with
+//! Tracing: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, both binaries export their
+//! spans over OTLP (HTTP by default, gRPC with
 //! `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) to a real collector (rotel), and one
 //! message is one trace, from the HTTP request to the delivery on every node;
-//! failure records carry the trace id; without the variable nothing is
-//! exported at all.
+//! failure records carry the trace id; without the variable nothing is exported
+//! at all.
 
 use otako_common::proto::{DISPATCH_SUBJECT, TRACEPARENT_HEADER};
-use otako_e2e::ops_support::{fresh_traceparent, in_trace, port_is_free, Collector, SpanRecord};
+use otako_e2e::env::port_is_free;
+use otako_e2e::otlp::{in_trace, Collector, SpanRecord};
+use otako_e2e::traceparent::fresh_traceparent;
 use otako_e2e::{fresh_event_id, Stack, WsClient, ARRIVE};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -333,20 +335,24 @@ async fn one_message_is_one_trace_over_otlp_grpc() {
     one_message_is_one_trace(Transport::Grpc).await;
 }
 
+/// The OTLP ports an exporter left at its defaults sends to (gRPC, HTTP).
+const OTLP_DEFAULT_PORTS: (u16, u16) = (4317, 4318);
+
 /// Without `OTEL_EXPORTER_OTLP_ENDPOINT`, no exporter runs. The collector
-/// listens on the standard OTLP ports (4317, 4318: where an exporter left at
-/// its defaults would send) when they are free; a second node configured to
-/// export to it proves that spans do arrive and marks when they would have.
+/// listens on the standard OTLP ports, where an exporter left at its
+/// defaults would send; a second node configured to export to it proves
+/// that spans do arrive and marks when they would have. A collector
+/// anywhere else would prove nothing, so taken ports fail the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_endpoint_variable_nothing_is_exported() {
     let mut stack = Stack::builder().gateways(0).backend(false).build().await;
-    let defaults = port_is_free(4317) && port_is_free(4318);
-    let collector = if defaults {
-        Collector::start_on(&stack.logs, "otel-collector", 4317, 4318).await
-    } else {
-        eprintln!("ports 4317/4318 are taken: the collector listens elsewhere");
-        Collector::start(&stack.logs, "otel-collector").await
-    };
+    let (grpc, http) = OTLP_DEFAULT_PORTS;
+    assert!(
+        port_is_free(grpc) && port_is_free(http),
+        "ports {grpc} and {http} are taken: this test listens there, where a default \
+         exporter would send, to show that nothing is sent; stop what holds them"
+    );
+    let collector = Collector::start_on(&stack.logs, "otel-collector", grpc, http).await;
     // Not exporting: gw-1 and the backend get the batch delay (so that an
     // exporter, if one ran, would send at once) but no endpoint.
     let quiet = vec![("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned())];

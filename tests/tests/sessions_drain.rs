@@ -1,11 +1,10 @@
-//! Graceful drain (issue #3): on SIGTERM a node reports not-ready (/readyz
-//! 503), stops taking dispatch requests after finishing those in flight,
-//! tells its sessions to reconnect (op 7) spread over OTAKO_DRAIN_WINDOW_MS,
-//! and closes them with 1012. A rolling restart of three nodes while messages
-//! flow loses no dispatch request, and clients that reconnect elsewhere keep
-//! receiving.
+//! Graceful drain: on SIGTERM a node reports not-ready (/readyz 503), stops
+//! taking dispatch requests after finishing those in flight, tells its sessions
+//! to reconnect (op 7) spread over OTAKO_DRAIN_WINDOW_MS, and closes them with
+//! 1012. A rolling restart of three nodes while messages flow loses no dispatch
+//! request, and clients that reconnect elsewhere keep receiving.
 
-use otako_e2e::{Auth, Incoming, Stack, WsClient, ARRIVE};
+use otako_e2e::{Auth, CloseCode, Incoming, Stack, WsClient, ARRIVE};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +12,6 @@ use tokio::time::Instant;
 
 const DRAIN_WINDOW: Duration = Duration::from_millis(2000);
 const HEARTBEAT_MS: u64 = 5000;
-const RESTART: u16 = 1012;
 /// The gap between two posts of the steady flow.
 const POST_EVERY: Duration = Duration::from_millis(25);
 
@@ -102,7 +100,7 @@ async fn roam(
                 }
                 Some(Incoming::Close(code, _)) => {
                     log.lock().unwrap()[seg].closed_with = Some(code);
-                    break code == Some(RESTART);
+                    break code == Some(CloseCode::Restart.code());
                 }
                 Some(other) => {
                     log.lock().unwrap()[seg].trouble = Some(format!("{other:?}"));
@@ -371,7 +369,8 @@ async fn a_rolling_restart_loses_no_dispatch_and_clients_keep_receiving() {
             }
             if !last_seg {
                 // Drained: op 7 first, then 1012.
-                if seg.op7_at.is_none() || seg.closed_with != Some(Some(RESTART)) {
+                if seg.op7_at.is_none() || seg.closed_with != Some(Some(CloseCode::Restart.code()))
+                {
                     problems.push(format!(
                         "{label}@{}: ended without op 7 then 1012 (op 7: {}, close {:?})",
                         seg.node,

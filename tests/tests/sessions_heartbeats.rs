@@ -1,15 +1,11 @@
-//! Heartbeat policing and the client frame cap (issue #3), beyond what
-//! `client_protocol.rs` covers (the interval from HELLO, 4009, a burst of
-//! five heartbeats, an oversized frame): a steady rate within the limit is
-//! fine and a steady rate over it is closed with 4008; the 1 KiB cap is
-//! exact.
+//! Heartbeat policing and the client frame cap, beyond what
+//! `client_protocol.rs` covers (the interval from HELLO, 4009, a burst of five
+//! heartbeats, an oversized frame): a steady rate within the limit is fine and
+//! a steady rate over it is closed with 4008; the 1 KiB cap is exact.
 
-use otako_e2e::{Stack, ARRIVE};
+use otako_e2e::{CloseCode, Stack, ARRIVE};
 use serde_json::json;
 use std::time::Duration;
-
-const REJECTED: u16 = 4001;
-const TOO_FREQUENT: u16 = 4008;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_heartbeat_rate_over_four_per_interval_is_closed_with_4008() {
@@ -40,8 +36,15 @@ async fn a_steady_heartbeat_rate_over_four_per_interval_is_closed_with_4008() {
         c.heartbeat().await;
         match c.next_incoming(ARRIVE).await {
             Some(otako_e2e::Incoming::Json(v)) if v == json!({"op": 11}) => acked += 1,
-            Some(otako_e2e::Incoming::Close(Some(TOO_FREQUENT), _)) => break,
-            other => panic!("expected an ack or close {TOO_FREQUENT}, got {other:?}"),
+            Some(otako_e2e::Incoming::Close(Some(code), _))
+                if code == CloseCode::TooFrequent.code() =>
+            {
+                break
+            }
+            other => panic!(
+                "expected an ack or close {}, got {other:?}",
+                CloseCode::TooFrequent
+            ),
         }
         assert!(
             started.elapsed() < interval * 3,
@@ -89,12 +92,12 @@ async fn client_frames_are_capped_at_exactly_one_kib() {
     // 1025 bytes: over the cap, though otherwise a valid heartbeat.
     let mut c = gw.connect(&token, "1025 bytes").await;
     c.send_text(&padded(1025)).await;
-    c.expect_close(REJECTED, ARRIVE).await;
+    c.expect_close(CloseCode::Rejected, ARRIVE).await;
 
     // Far over the cap (64 KiB): closed the same way, not read to the end.
     let mut c = gw.connect(&token, "64 KiB").await;
     c.send_text(&padded(64 * 1024)).await;
-    c.expect_close(REJECTED, ARRIVE).await;
+    c.expect_close(CloseCode::Rejected, ARRIVE).await;
 
     let mut c = gw.connect(&token, "after").await;
     c.heartbeat_acked().await;

@@ -1,17 +1,16 @@
-//! The per-user session limit (issue #3): `OTAKO_MAX_SESSIONS_PER_USER`
-//! holds across the whole cluster, the session over it is closed with 4010,
-//! and the sessions of a node that dies stop counting within a stated bound.
-//! Users are created in the database directly; no backend runs.
+//! The per-user session limit: `OTAKO_MAX_SESSIONS_PER_USER` holds across the
+//! whole cluster, the session over it is closed with 4010, and the sessions of
+//! a node that dies stop counting within a stated bound. Users are created in
+//! the database directly; no backend runs.
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
-use otako_e2e::{Auth, Gateway, Incoming, Stack, WsClient, ARRIVE};
+use otako_e2e::{Auth, CloseCode, Gateway, Incoming, Stack, WsClient, ARRIVE};
 use std::time::{Duration, Instant};
 
-const SESSION_LIMIT: u16 = 4010;
-const RESTART: u16 = 1012;
+const SESSION_LIMIT: CloseCode = CloseCode::SessionLimit;
 
-/// The gateway's stated bound (`docs/protocol.md`, gateway/src/limit.rs):
+/// The gateway's stated bound (`docs/protocol.md`):
 /// a killed node's sessions stop counting at most 15 s after it died (its
 /// liveness key's TTL in `otako_nodes`). One second of slack for the test's
 /// own polling and a loaded machine.
@@ -19,7 +18,7 @@ const KILLED_NODE_BOUND: Duration = Duration::from_secs(16);
 
 /// Opens a session and reads up to READY: `Ok` with the open session, or
 /// `Err` with the close code the gateway refused it with (after HELLO).
-async fn try_session(gw: &Gateway, token: &str, label: &str) -> Result<WsClient, u16> {
+async fn try_session(gw: &Gateway, token: &str, label: &str) -> Result<WsClient, CloseCode> {
     let mut c = gw.connect_raw(Auth::Header(token), label).await;
     c.hello().await;
     match c.next_incoming(ARRIVE).await {
@@ -27,7 +26,10 @@ async fn try_session(gw: &Gateway, token: &str, label: &str) -> Result<WsClient,
             c.ready = Some(v["d"].clone());
             Ok(c)
         }
-        Some(Incoming::Close(Some(code), _)) => Err(code),
+        Some(Incoming::Close(Some(code), reason)) => Err(CloseCode::from_code(code)
+            .unwrap_or_else(|| {
+                panic!("{label}: closed with {code} ({reason}), not a contract code")
+            })),
         other => panic!("{label}: expected READY or a close after HELLO, got {other:?}"),
     }
 }
@@ -277,7 +279,7 @@ async fn sessions_of_a_node_that_exits_cleanly_stop_counting_at_once() {
     stack.gateways[1].proc().sigterm();
     for c in [&mut a1, &mut a2] {
         assert_eq!(c.next_json(ARRIVE).await, serde_json::json!({"op": 7}));
-        c.expect_close(RESTART, ARRIVE).await;
+        c.expect_close(CloseCode::Restart, ARRIVE).await;
     }
     let status = stack.gateways[1]
         .proc()

@@ -1,27 +1,13 @@
-//! Membership (issue #3): EVENT_CHANNEL_MEMBER_ADD makes the user's already
-//! open sessions receive the channel's events from then on, on every node;
+//! Membership: EVENT_CHANNEL_MEMBER_ADD makes the user's already open sessions
+//! receive the channel's events from then on, on every node;
 //! EVENT_CHANNEL_MEMBER_REMOVE stops them. Both reach the user concerned and
-//! the channel's members. Contract: once a member-add has been answered by
-//! the HTTP API, every later event of that channel reaches the new member's
-//! open sessions.
+//! the channel's members. Promised to clients: once a member-add has been answered by the
+//! HTTP API, every later event of that channel reaches the new member's open
+//! sessions.
 
-use otako_e2e::sessions_support::{metric, Reader};
-use otako_e2e::{Stack, WsClient, ARRIVE, QUIET};
+use otako_e2e::{expect_all_quiet, metric, Reader, Stack, WsClient, ARRIVE, QUIET};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-async fn expect_all_quiet(clients: &mut [&mut WsClient]) {
-    futures_util::future::join_all(clients.iter_mut().map(|c| c.expect_no_dispatch(QUIET))).await;
-}
-
-/// Starts gateway nodes 2 and 3 one after the other. Nodes that start at the
-/// same moment against a NATS cluster sometimes fail their JetStream set-up
-/// ("could not set up the error sink: jetstream request timed out") and exit
-/// (a reported issue); these tests are about routing, not start-up.
-async fn start_two_more_gateways(stack: &mut Stack) {
-    stack.start_gateway().await;
-    stack.start_gateway().await;
-}
 
 fn member(channel: &str, user: &str) -> Value {
     json!({"channel_id": channel, "user_id": user})
@@ -76,9 +62,11 @@ async fn member_add_and_remove_move_open_sessions_on_every_node() {
             c.label()
         );
     }
-    let mut all: Vec<&mut WsClient> = bobs.iter_mut().collect();
-    all.extend([&mut alice1, &mut carol3, &mut dave2]);
-    expect_all_quiet(&mut all).await;
+    expect_all_quiet(
+        bobs.iter_mut()
+            .chain([&mut alice1, &mut carol3, &mut dave2]),
+    )
+    .await;
     // A new session of bob lists the channel.
     let fresh = stack.gateway(1).connect(&bob.token, "bob fresh").await;
     assert_eq!(fresh.ready_channels(), vec![channel.clone()]);
@@ -102,9 +90,11 @@ async fn member_add_and_remove_move_open_sessions_on_every_node() {
             c.label()
         );
     }
-    let mut all: Vec<&mut WsClient> = bobs.iter_mut().collect();
-    all.extend([&mut alice1, &mut carol3, &mut dave2]);
-    expect_all_quiet(&mut all).await;
+    expect_all_quiet(
+        bobs.iter_mut()
+            .chain([&mut alice1, &mut carol3, &mut dave2]),
+    )
+    .await;
     assert_eq!(
         api.try_post_message(&bob.token, &channel, "let me in", None)
             .await
@@ -140,40 +130,27 @@ async fn member_add_and_remove_move_open_sessions_on_every_node() {
             c.label()
         );
     }
-    let mut all: Vec<&mut WsClient> = bobs.iter_mut().collect();
-    all.extend([&mut alice1, &mut carol3, &mut dave2]);
-    expect_all_quiet(&mut all).await;
+    expect_all_quiet(
+        bobs.iter_mut()
+            .chain([&mut alice1, &mut carol3, &mut dave2]),
+    )
+    .await;
 }
 
-/// Many add → message → remove → message rounds, three gateway nodes each on
-/// its own server of a NATS cluster, so consecutive events of a channel are
-/// often handled by different nodes and published on different servers. Every round, each of bob's sessions must see exactly: the add,
-/// the message after it, the remove, and not the message after that.
+/// Many add → message → remove → message rounds over three gateway nodes of
+/// a NATS cluster, with the backend's requests spread over the nodes, so
+/// consecutive events of a channel are often handled by different nodes and
+/// published on different servers. Every round, each of bob's sessions must
+/// see exactly: the add, the message after it, the remove, and not the
+/// message after that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_takes_effect_in_event_order_on_every_node_of_a_nats_cluster() {
     const ROUNDS: usize = 30;
-    // Four NATS servers: gateway node i on server i, the backend alone on
-    // the fourth. NATS hands a request to a queue subscriber on the sender's
-    // own server when there is one; with none there, the requests spread
-    // over the three nodes.
-    //
-    // The backend gets that one server's URL, not the list: both binaries
-    // hand OTAKO_NATS_URL to async-nats as one address, so a comma-separated
-    // list (which the contract allows) makes them exit at start (a reported
-    // bug).
-    let mut stack = Stack::builder()
-        .nats_cluster(4)
-        .gateways(1)
-        .backend(false)
+    let stack = Stack::builder()
+        .spread_over_nodes()
+        .gateways(3)
         .build()
         .await;
-    start_two_more_gateways(&mut stack).await;
-    let backend_nats = stack.nats.url(3);
-    stack
-        .backend_config
-        .extra_env
-        .push(("OTAKO_NATS_URL".into(), backend_nats));
-    stack.start_backend().await;
     let api = stack.api();
     let alice = api.create_user("alice").await;
     let bob = api.create_user("bob").await;

@@ -1,14 +1,10 @@
 //! EVENT_MESSAGE_UPDATE and EVENT_MESSAGE_DELETE end to end from the HTTP
-//! routes (issue #3): the author's PATCH and DELETE reach every member session
-//! on every node; non-authors get 403, unknown ids 404, and a refused write
-//! dispatches nothing.
+//! routes: the author's PATCH and DELETE reach every member session on every
+//! node; non-authors get 403, unknown ids 404, and a refused write dispatches
+//! nothing.
 
-use otako_e2e::{Stack, WsClient, ARRIVE, QUIET};
+use otako_e2e::{expect_all_quiet, Stack, ARRIVE, QUIET};
 use serde_json::{json, Value};
-
-async fn expect_all_quiet(clients: &mut [WsClient]) {
-    futures_util::future::join_all(clients.iter_mut().map(|c| c.expect_no_dispatch(QUIET))).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_and_deletes_reach_every_member_session_and_only_authors_may_make_them() {

@@ -1,9 +1,9 @@
-//! Order and duplicates (issue #3): a burst of 1,000 messages into one
-//! channel over three gateway nodes reaches every session complete and in
-//! order; a retried event id is answered success:true and not delivered again.
+//! Order and duplicates: a burst of 1,000 messages into one channel over three
+//! gateway nodes reaches every session complete and in order; a retried event
+//! id is answered success:true and not delivered again.
 
-use otako_e2e::sessions_support::{metric, Reader};
-use otako_e2e::{event_body, fresh_event_id, Stack, WsClient, ARRIVE, QUIET};
+use otako_e2e::{event_body, expect_all_quiet, fresh_event_id, Stack, WsClient, ARRIVE, QUIET};
+use otako_e2e::{metric, Reader};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -11,44 +11,13 @@ use std::time::Duration;
 const BURST: usize = 1000;
 const POSTERS: usize = 8;
 
-/// Starts gateway nodes 2 and 3 one after the other. Nodes that start at the
-/// same moment against a NATS cluster sometimes fail their JetStream set-up
-/// ("could not set up the error sink: jetstream request timed out") and exit
-/// (a reported issue); these tests are about routing, not start-up.
-async fn start_two_more_gateways(stack: &mut Stack) {
-    stack.start_gateway().await;
-    stack.start_gateway().await;
-}
-
-/// A stack whose three gateway nodes sit on three servers of a four-server
-/// NATS cluster and whose backend sits alone on the fourth, so the backend's
-/// requests spread over the nodes (NATS prefers a queue subscriber on the
-/// sender's own server) and consecutive events of a channel are published
-/// on different servers.
-///
-/// The backend gets one URL, not the list: both binaries hand OTAKO_NATS_URL
-/// to async-nats as one address, so a comma-separated list (allowed by the
-/// contract) makes them exit at start (a reported bug).
-async fn spread_stack() -> Stack {
-    let mut stack = Stack::builder()
-        .nats_cluster(4)
-        .gateways(1)
-        .backend(false)
-        .build()
-        .await;
-    start_two_more_gateways(&mut stack).await;
-    let url = stack.nats.url(3);
-    stack
-        .backend_config
-        .extra_env
-        .push(("OTAKO_NATS_URL".into(), url));
-    stack.start_backend().await;
-    stack
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_1000_messages_reaches_every_session_complete_and_in_order() {
-    let stack = spread_stack().await;
+    let stack = Stack::builder()
+        .spread_over_nodes()
+        .gateways(3)
+        .build()
+        .await;
     let api = stack.api().clone();
     let alice = api.create_user("alice").await;
     let bob = api.create_user("bob").await;
@@ -236,14 +205,13 @@ async fn a_burst_of_1000_messages_reaches_every_session_complete_and_in_order() 
 async fn a_retried_event_id_is_answered_success_and_delivered_once() {
     // No backend: the test sends the dispatch requests itself, each gateway
     // node on its own NATS server and a sender on each server, so the copies
-    // of one event go to different nodes (NATS prefers a local subscriber).
-    let mut stack = Stack::builder()
+    // of one event come in on every server and reach different nodes.
+    let stack = Stack::builder()
         .backend(false)
         .nats_cluster(3)
-        .gateways(1)
+        .gateways(3)
         .build()
         .await;
-    start_two_more_gateways(&mut stack).await;
     let alice = stack.db.insert_user("alice").await;
     let bob = stack.db.insert_user("bob").await;
     let channel = stack.db.insert_channel(alice, "general").await;
@@ -292,8 +260,7 @@ async fn a_retried_event_id_is_answered_success_and_delivered_once() {
             let d = c.expect_dispatch("EVENT_MESSAGE_CREATE").await;
             assert_eq!(d["id"], json!(message.to_string()), "{}", c.label());
         }
-        futures_util::future::join_all(sessions.iter_mut().map(|c| c.expect_no_dispatch(QUIET)))
-            .await;
+        expect_all_quiet(&mut sessions).await;
     }
 }
 

@@ -1,13 +1,11 @@
-//! Tokens (issue #3): tampered, expired and revoked tokens are refused with
-//! 4004, with tokens as the real backend issues them; revoking a user's
-//! tokens (`POST /users/@me/revoke`) closes that user's open sessions on every
-//! node within a stated bound.
+//! Tokens: tampered, expired and revoked tokens are refused with 4004, with
+//! tokens as the real backend issues them; revoking a user's tokens (`POST
+//! /users/@me/revoke`) closes that user's open sessions on every node within a
+//! stated bound.
 
 use otako_common::token::{Claims, TokenKey};
-use otako_e2e::{Auth, Stack, WsClient, ARRIVE, QUIET, TEST_SECRET};
+use otako_e2e::{Auth, CloseCode, Stack, WsClient, ARRIVE, QUIET, TEST_SECRET};
 use std::time::{Duration, Instant};
-
-const AUTH_FAILED: u16 = 4004;
 
 /// The bound asserted on closing a user's sessions after a revocation, on
 /// every node (docs/protocol.md: "acted on within one NATS round trip").
@@ -50,7 +48,7 @@ async fn tampered_expired_and_revoked_tokens_are_refused_on_every_node() {
             for auth in [Auth::Header(token), Auth::Subprotocol(token)] {
                 let label = format!("{what} ({auth:?}) @{}", gw.node_id);
                 let mut c = gw.connect_raw(auth, &label).await;
-                c.expect_refused(AUTH_FAILED).await;
+                c.expect_refused(CloseCode::AuthFailed).await;
             }
         }
         gw.connect(&alice.token, "alice").await.close().await;
@@ -65,7 +63,7 @@ async fn tampered_expired_and_revoked_tokens_are_refused_on_every_node() {
         let mut c = gw
             .connect_raw(Auth::Bearer(&alice.token), "revoked token")
             .await;
-        c.expect_refused(AUTH_FAILED).await;
+        c.expect_refused(CloseCode::AuthFailed).await;
         let mut c = gw.connect(&fresh, "fresh token").await;
         c.heartbeat_acked().await;
     }
@@ -94,7 +92,7 @@ async fn revoking_closes_the_users_open_sessions_on_every_node_within_the_bound(
     let sent = Instant::now();
     let revoke = api.revoke(&alice.token);
     let closes = futures_util::future::join_all(alices.iter_mut().map(|c| async move {
-        c.expect_close(AUTH_FAILED, ARRIVE).await;
+        c.expect_close(CloseCode::AuthFailed, ARRIVE).await;
         Instant::now()
     }));
     let (fresh, closed_at) = tokio::join!(
@@ -141,7 +139,7 @@ async fn revoking_closes_the_users_open_sessions_on_every_node_within_the_bound(
     // A second revocation closes the renewed sessions, and only them.
     let second = api.revoke(&fresh).await;
     for c in &mut renewed {
-        c.expect_close(AUTH_FAILED, ARRIVE).await;
+        c.expect_close(CloseCode::AuthFailed, ARRIVE).await;
     }
     for b in &mut bobs {
         b.heartbeat_acked().await;

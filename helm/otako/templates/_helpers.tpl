@@ -113,3 +113,32 @@ rendered Secret, whose generated token differs on every offline render.
 {{- define "otako.secretChecksum" -}}
 {{- list .Values.tokenSecret .Values.database.url .Values.nats.url .Values.secretKeys | toJson | sha256sum }}
 {{- end }}
+
+{{/* Egress rules of an Otako pod; call with (dict "np" .Values.networkPolicy "nats" true|false). */}}
+{{- define "otako.networkPolicy.egress" -}}
+{{- $np := .np }}
+{{- if .nats }}
+- to:
+    {{- toYaml $np.nats.to | nindent 4 }}
+  ports:
+    - port: {{ $np.nats.port }}
+      protocol: TCP
+{{- end }}
+- to:
+    {{- toYaml $np.postgresql.to | nindent 4 }}
+  ports:
+    - port: {{ $np.postgresql.port }}
+      protocol: TCP
+{{- if $np.dns.enabled }}
+- to:
+    {{- toYaml $np.dns.to | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+{{- with $np.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
