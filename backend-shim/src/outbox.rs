@@ -132,6 +132,11 @@ pub struct Dispatcher {
     pub stats: Arc<DispatchStats>,
     /// Kinds of rejected replies already logged: the first of each is.
     rejections_logged: Arc<Mutex<HashSet<&'static str>>>,
+    /// Signalled whenever a gateway acknowledges an event: events backing
+    /// off after an unanswered attempt retry at once rather than at the end
+    /// of a backoff that doubled while the cluster recovered (a history
+    /// leader's election takes about 6 s; the backoff reaches 30 s).
+    answered: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -153,6 +158,7 @@ impl Dispatcher {
             gateways,
             stats: Arc::default(),
             rejections_logged: Arc::default(),
+            answered: Arc::default(),
         }
     }
 
@@ -269,6 +275,7 @@ impl Dispatcher {
             }
             match self.attempt(&event).instrument(span).await {
                 Ok(()) => {
+                    self.answered.notify_waiters();
                     self.finish(event.id, "delivered", attempts + 1, None).await;
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -288,10 +295,24 @@ impl Dispatcher {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     last_error = e.to_string();
                     let backoff = self.backoff_for(attempts);
+                    // Listening before the attempt is recorded: an answer
+                    // meanwhile counts.
+                    let answered = self.answered.notified();
+                    tokio::pin!(answered);
+                    answered.as_mut().enable();
                     self.record_attempt(event.id, attempts, &last_error, backoff)
                         .await;
                     if attempts < self.policy.max_attempts {
-                        tokio::time::sleep(backoff).await;
+                        if e.unanswered() {
+                            // The cluster, not the event, was at fault: once
+                            // a gateway answers again, so may this one.
+                            tokio::select! {
+                                () = tokio::time::sleep(backoff) => {}
+                                () = answered => {}
+                            }
+                        } else {
+                            tokio::time::sleep(backoff).await;
+                        }
                     }
                 }
             }

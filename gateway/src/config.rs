@@ -88,9 +88,14 @@ pub struct Args {
     pub history_max_bytes: i64,
 
     /// Session starts (database, session limit, replay) in progress at once;
-    /// more wait, and after 10 s are closed with 1013.
+    /// more wait, and after `start_queue_ms` are closed with 1013.
     #[arg(long, env = "OTAKO_MAX_CONCURRENT_STARTS", default_value_t = 64)]
     pub max_concurrent_starts: usize,
+
+    /// How long a session start waits for a start slot before it is closed
+    /// with 1013 (milliseconds).
+    #[arg(long, env = "OTAKO_START_QUEUE_MS", default_value_t = 10_000)]
+    pub start_queue_ms: u64,
 
     /// How often the node compares its sessions' token generations with the
     /// database, closing revoked ones even if it missed the revocation

@@ -201,8 +201,7 @@ pub async fn membership(
 }
 
 /// What a new session needs: the user's current token generation (to refuse
-/// revoked tokens), its channels with when it joined each (for a resume),
-/// and the channels whose membership change for the user is committed but
+/// revoked tokens), its channels, and the channels whose membership change for the user is committed but
 /// not yet dispatched (still pending in the outbox), in one round trip.
 ///
 /// The database runs ahead of the history by what waits to be dispatched: a
@@ -214,7 +213,6 @@ pub async fn membership(
 pub struct SessionStart {
     pub token_generation: i32,
     pub channels: Vec<i64>,
-    pub joined_at_ms: Vec<i64>,
     /// Channels with a pending add for the user.
     pub pending_adds: Vec<i64>,
     /// Channels with a pending removal of the user.
@@ -223,8 +221,6 @@ pub struct SessionStart {
 
 const SESSION_START: &str = "SELECT u.token_generation, \
     COALESCE(ARRAY(SELECT channel_id FROM channel_members WHERE user_id = u.id ORDER BY channel_id), '{}'), \
-    COALESCE(ARRAY(SELECT (EXTRACT(EPOCH FROM joined_at) * 1000)::bigint FROM channel_members \
-        WHERE user_id = u.id ORDER BY channel_id), '{}'), \
     COALESCE(ARRAY(SELECT channel_id FROM outbox WHERE status = 'pending' \
         AND event_type = 'EVENT_CHANNEL_MEMBER_ADD' AND data->>'user_id' = u.id::text), '{}'), \
     COALESCE(ARRAY(SELECT channel_id FROM outbox WHERE status = 'pending' \
@@ -232,7 +228,7 @@ const SESSION_START: &str = "SELECT u.token_generation, \
     FROM users u WHERE u.id = $1";
 
 pub async fn session_start(pool: &PgPool, user_id: i64) -> Result<Option<SessionStart>, DbError> {
-    type Row = (i32, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+    type Row = (i32, Vec<i64>, Vec<i64>, Vec<i64>);
     let row: Option<Row> = read(pool, || {
         sqlx::query_as(SESSION_START)
             .bind(user_id)
@@ -240,10 +236,9 @@ pub async fn session_start(pool: &PgPool, user_id: i64) -> Result<Option<Session
     })
     .await?;
     Ok(row.map(
-        |(token_generation, channels, joined_at_ms, pending_adds, pending_removes)| SessionStart {
+        |(token_generation, channels, pending_adds, pending_removes)| SessionStart {
             token_generation,
             channels,
-            joined_at_ms,
             pending_adds,
             pending_removes,
         },
@@ -251,29 +246,27 @@ pub async fn session_start(pool: &PgPool, user_id: i64) -> Result<Option<Session
 }
 
 impl SessionStart {
-    /// The channels as the history has them, each with when the user joined
-    /// (unix ms): the database's, except where a change for the user is
-    /// still pending in the outbox and `in_history` says the history does
-    /// not have it yet (`in_history(channel)` is true when the history's
-    /// last member event for the user there is the pending change). A
-    /// pending removal's channel is still joined (joined long before, as far
-    /// as a resume goes); a pending add's channel not yet.
-    pub fn channels_at_history(&self, in_history: impl Fn(i64) -> bool) -> Vec<(i64, i64)> {
-        let mut out: Vec<(i64, i64)> = self
+    /// The channels as the history has them: the database's, except where
+    /// a change for the user is still pending in the outbox and
+    /// `in_history` says the history does not have it yet
+    /// (`in_history(channel)` is true when the history's last member event
+    /// for the user there is the pending change). A pending removal's
+    /// channel is still joined; a pending add's channel not yet.
+    pub fn channels_at_history(&self, in_history: impl Fn(i64) -> bool) -> Vec<i64> {
+        let mut out: Vec<i64> = self
             .channels
             .iter()
-            .zip(&self.joined_at_ms)
-            .filter(|(c, _)| !self.pending_adds.contains(c) || in_history(**c))
-            .map(|(&c, &at)| (c, at))
+            .copied()
+            .filter(|c| !self.pending_adds.contains(c) || in_history(*c))
             .collect();
         for &c in &self.pending_removes {
             let member_in_db = self.channels.contains(&c);
             if !member_in_db && !in_history(c) {
-                out.push((c, 0));
+                out.push(c);
             }
         }
         out.sort_unstable();
-        out.dedup_by_key(|(c, _)| *c);
+        out.dedup();
         out
     }
 
@@ -330,19 +323,12 @@ mod tests {
         let start = SessionStart {
             token_generation: 0,
             channels: vec![1, 2, 3],
-            joined_at_ms: vec![10, 20, 30],
             pending_adds: vec![3],
             pending_removes: vec![4],
         };
         // Nothing pending has reached the history yet.
-        assert_eq!(
-            start.channels_at_history(|_| false),
-            vec![(1, 10), (2, 20), (4, 0)]
-        );
+        assert_eq!(start.channels_at_history(|_| false), vec![1, 2, 4]);
         // Both have: the database is right.
-        assert_eq!(
-            start.channels_at_history(|_| true),
-            vec![(1, 10), (2, 20), (3, 30)]
-        );
+        assert_eq!(start.channels_at_history(|_| true), vec![1, 2, 3]);
     }
 }

@@ -17,9 +17,10 @@ use otako_common::close::CloseCode;
 use otako_common::event::EventType;
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Notify;
 
 /// Who an event goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,10 @@ pub struct Hub {
     /// only while the index lock is held, so a session that joins under the
     /// write lock reads an exact seam.
     last_seq: AtomicU64,
+    /// Sessions waiting in [`Hub::caught_up`], and how they are woken when
+    /// `last_seq` moves; routing touches `advanced` only while one waits.
+    waiting: AtomicUsize,
+    advanced: Notify,
     queue_capacity: usize,
 }
 
@@ -112,6 +117,8 @@ impl Hub {
         Arc::new(Hub {
             index: RwLock::new(Index::default()),
             last_seq: AtomicU64::new(start_seq),
+            waiting: AtomicUsize::new(0),
+            advanced: Notify::new(),
             queue_capacity: queue_capacity.max(1),
         })
     }
@@ -119,6 +126,41 @@ impl Hub {
     /// The history position of the last event routed.
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Waits until the hub has routed every history position up to `seq`.
+    pub async fn caught_up(&self, seq: u64) {
+        /// Counts a waiter for as long as it waits, timeouts included.
+        struct Waiter<'a>(&'a AtomicUsize);
+        impl Drop for Waiter<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if self.last_seq() >= seq {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiter = Waiter(&self.waiting);
+        loop {
+            let notified = self.advanced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.last_seq.load(Ordering::SeqCst) >= seq {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes the sessions waiting in [`Hub::caught_up`], if any. The fence
+    /// pairs with the waiter's count and load: either it sees the waiter,
+    /// or the waiter sees the new position.
+    fn advanced(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.advanced.notify_waiters();
+        }
     }
 
     /// Adds a session that will receive the events of the user concerned at
@@ -148,8 +190,9 @@ impl Hub {
 
     /// Joins the channels the session's user was a member of when its list
     /// was read, except where a membership event since says otherwise, and
-    /// returns the history position the session's live events follow.
-    pub fn join_channels(&self, session: &Arc<SessionHandle>, channels: &[i64]) -> u64 {
+    /// returns the history position the session's live events follow with
+    /// the channels it receives there.
+    pub fn join_channels(&self, session: &Arc<SessionHandle>, channels: &[i64]) -> (u64, Vec<i64>) {
         let mut idx = self.index.write();
         let changed = idx.loading.remove(&session.id).unwrap_or_default();
         for &c in channels {
@@ -157,10 +200,14 @@ impl Hub {
                 idx.join(session, c);
             }
         }
-        if let Some(member) = idx.sessions.get_mut(&session.id) {
-            member.channels.shrink_to_fit();
-        }
-        self.last_seq.load(Ordering::Acquire)
+        let joined = match idx.sessions.get_mut(&session.id) {
+            Some(member) => {
+                member.channels.shrink_to_fit();
+                member.channels.clone()
+            }
+            None => Vec::new(),
+        };
+        (self.last_seq.load(Ordering::Acquire), joined)
     }
 
     /// The channels a session currently receives, sorted.
@@ -257,6 +304,7 @@ impl Hub {
     pub fn skip(&self, seq: u64) {
         let _idx = self.index.read();
         self.last_seq.fetch_max(seq, Ordering::AcqRel);
+        self.advanced();
     }
 
     /// Routes one event of the history to the sessions that may see it and
@@ -310,6 +358,7 @@ impl Hub {
                 n
             }
         };
+        self.advanced();
         metrics::counter!("otako_fanout_deliveries_total").increment(delivered as u64);
         metrics::histogram!("otako_fanout_queue_seconds").record(started.elapsed().as_secs_f64());
         delivered
@@ -369,7 +418,7 @@ mod tests {
         let hub = Hub::new(8, 0);
         let a = session(&hub, 1, 10);
         let b = session(&hub, 2, 20);
-        assert_eq!(hub.join_channels(&a.handle, &[5]), 0);
+        assert_eq!(hub.join_channels(&a.handle, &[5]), (0, vec![5]));
         let msg = to(EventType::MessageCreate, 5, None);
         assert_eq!(hub.deliver(msg, frame(1)), 1);
         assert_eq!(
@@ -382,13 +431,32 @@ mod tests {
         assert_eq!(taken(&b), 0);
     }
 
+    #[tokio::test]
+    async fn a_session_joins_once_the_hub_has_routed_up_to_the_history_end() {
+        // The database lists no channel yet for user 10, but its add to
+        // channel 6 is in the history at 11, ahead of what the hub routed.
+        let hub = Hub::new(8, 10);
+        let a = session(&hub, 1, 10);
+        let waiter = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.caught_up(12).await }
+        });
+        hub.deliver(to(EventType::ChannelMemberAdd, 6, Some(10)), frame(11));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "position 12 is not routed yet");
+        hub.deliver(to(EventType::MessageCreate, 6, None), frame(12));
+        waiter.await.unwrap();
+        assert_eq!(hub.join_channels(&a.handle, &[]), (12, vec![6]));
+        assert_eq!(taken(&a), 2, "the add and the message after it");
+    }
+
     #[test]
     fn joining_returns_the_seam() {
         let hub = Hub::new(8, 41);
         let a = session(&hub, 1, 10);
         hub.deliver(to(EventType::MessageCreate, 5, None), frame(42));
         hub.skip(43);
-        assert_eq!(hub.join_channels(&a.handle, &[5]), 43);
+        assert_eq!(hub.join_channels(&a.handle, &[5]).0, 43);
         assert_eq!(taken(&a), 0, "events before the seam are the replay's");
         hub.deliver(to(EventType::MessageCreate, 5, None), frame(44));
         assert_eq!(taken(&a), 1);

@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
             heartbeat_interval: args.heartbeat_interval(),
             resume: args.resume_limits(),
             max_concurrent_starts: args.max_concurrent_starts,
+            start_queue: std::time::Duration::from_millis(args.start_queue_ms),
         },
     ));
 

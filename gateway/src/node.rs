@@ -24,6 +24,8 @@ pub struct Node {
     /// once; a reconnect storm queues here instead of exhausting the
     /// database pool and the history's readers.
     pub starts: Semaphore,
+    /// How long a start waits for one of `starts` before 1013.
+    pub start_queue: Duration,
     /// False while starting and while draining; `/readyz` reads it.
     pub ready: AtomicBool,
     /// Resolved once: looking a metric up per frame costs more than recording.
@@ -36,6 +38,7 @@ pub struct SessionSettings {
     pub heartbeat_interval: Duration,
     pub resume: ResumeLimits,
     pub max_concurrent_starts: usize,
+    pub start_queue: Duration,
 }
 
 impl Node {
@@ -58,6 +61,7 @@ impl Node {
             limiter,
             resume: settings.resume,
             starts: Semaphore::new(settings.max_concurrent_starts.max(1)),
+            start_queue: settings.start_queue,
             ready: AtomicBool::new(false),
             commit_to_socket: metrics::histogram!("otako_commit_to_socket_seconds"),
             next_id: AtomicU64::new(1),

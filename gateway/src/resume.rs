@@ -10,9 +10,10 @@
 //! 2. The membership at C: a channel whose first member event in the range
 //!    is a remove was a member channel at C, one whose first is an add was
 //!    not; a channel with no member event in the range was one if the
-//!    database lists the user in it since before C's event was stored
-//!    (`joined_at`), which also keeps out a channel whose add is committed
-//!    but not yet in the history.
+//!    session joined it at P. That holds because the session joins with the
+//!    membership as of P: the node has routed up to the history's end as of
+//!    the channel list's read before it joins (`Session::catch_up`), and no
+//!    clock is compared (the database's and the history's run apart).
 //! 3. The events of every channel the user was in at some point of the
 //!    range, read with one subject filter per channel (or all, for a user in
 //!    many), applying the member events met on the way: after an add the
@@ -77,12 +78,14 @@ pub struct ResumeLimits {
     pub max_events: usize,
 }
 
-/// A channel membership as the database has it now.
-#[derive(Debug, Clone, Copy)]
-pub struct Membership {
-    pub channel_id: i64,
-    /// When the user joined (unix ms).
-    pub joined_at_ms: i64,
+/// Where a session joined the live events, and what held there.
+pub struct Seam<'a> {
+    /// The history position its live events follow (P).
+    pub seq: u64,
+    /// The channels it joined at P.
+    pub channels: &'a [i64],
+    /// The history's first and last positions, read just before it joined.
+    pub bounds: (u64, u64),
 }
 
 /// What a resuming session is sent after READY, oldest first.
@@ -96,15 +99,16 @@ pub async fn replay(
     history: &History,
     cursor: &str,
     user_id: i64,
-    seam: u64,
-    memberships: &[Membership],
+    seam: Seam<'_>,
     limits: ResumeLimits,
 ) -> Result<Replay, NotResumed> {
     let cursor = Cursor::parse(cursor).map_err(|_| NotResumed::Malformed)?;
     if cursor.epoch != history.epoch {
         return Err(NotResumed::OtherEpoch);
     }
-    let (first, last) = history.bounds().await?;
+    let (first, last) = seam.bounds;
+    let channels_at_seam = seam.channels;
+    let seam = seam.seq;
     if cursor.seq > last.max(seam) {
         return Err(NotResumed::Unknown);
     }
@@ -145,7 +149,7 @@ pub async fn replay(
         )
         .await?
         .ok_or(NotResumed::TooMany(limits.max_events))?;
-    let plan = Plan::new(user_id, &member_events, memberships, cursor_ms);
+    let plan = Plan::new(user_id, &member_events, channels_at_seam);
     if plan.channels.is_empty() {
         return Ok(Replay {
             cursor,
@@ -187,12 +191,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(
-        user_id: i64,
-        member_events: &[Stored],
-        memberships: &[Membership],
-        cursor_ms: Option<i64>,
-    ) -> Plan {
+    fn new(user_id: i64, member_events: &[Stored], channels_at_seam: &[i64]) -> Plan {
         // The first member event of each channel in the range tells what
         // held before it.
         let mut first: HashMap<i64, EventType> = HashMap::new();
@@ -209,14 +208,11 @@ impl Plan {
                 member_at_cursor.insert(c);
             }
         }
-        for m in memberships {
-            if first.contains_key(&m.channel_id) {
-                continue;
-            }
-            let before_cursor = cursor_ms.is_none_or(|at| m.joined_at_ms <= at);
-            if before_cursor {
-                channels.insert(m.channel_id);
-                member_at_cursor.insert(m.channel_id);
+        // No change in the range: what held at the seam held at the cursor.
+        for &c in channels_at_seam {
+            if !first.contains_key(&c) {
+                channels.insert(c);
+                member_at_cursor.insert(c);
             }
         }
         Plan {
@@ -295,19 +291,12 @@ mod tests {
         frames.iter().map(|f| f.seq).collect()
     }
 
-    fn joined(channel_id: i64, at: i64) -> Membership {
-        Membership {
-            channel_id,
-            joined_at_ms: at,
-        }
-    }
-
     #[test]
     fn a_member_removed_while_away_gets_the_channel_up_to_the_removal() {
         // Channel 1: member since long ago, removed at 13. Channel 2: added
         // at 12. The database now lists only channel 2.
         let member_events = [add(12, 2, USER), remove(13, 1, USER)];
-        let plan = Plan::new(USER, &member_events, &[joined(2, 5_000)], Some(1_000));
+        let plan = Plan::new(USER, &member_events, &[2]);
         assert_eq!(plan.channels, BTreeSet::from([1, 2]));
         assert_eq!(plan.member_at_cursor, BTreeSet::from([1]));
         let events = vec![
@@ -325,10 +314,10 @@ mod tests {
     }
 
     #[test]
-    fn a_channel_joined_after_the_cursor_without_its_add_in_the_range_is_not_replayed() {
-        // The add is committed (the database lists it) but not yet in the
-        // history: the channel's events before it are not the user's.
-        let plan = Plan::new(USER, &[], &[joined(3, 2_000), joined(4, 500)], Some(1_000));
+    fn a_channel_without_a_change_in_the_range_is_replayed_as_joined_at_the_seam() {
+        // Channel 3's add is committed but after the seam: the session did
+        // not join it there, and its events before the add are not the user's.
+        let plan = Plan::new(USER, &[], &[4]);
         assert_eq!(plan.channels, BTreeSet::from([4]));
         let out = plan.select(vec![msg(2, 3), msg(3, 4)]);
         assert_eq!(seqs(&out), vec![3]);
@@ -336,7 +325,7 @@ mod tests {
 
     #[test]
     fn other_users_member_events_follow_the_channel() {
-        let plan = Plan::new(USER, &[], &[joined(1, 0)], Some(1_000));
+        let plan = Plan::new(USER, &[], &[1]);
         let out = plan.select(vec![add(2, 1, 99), msg(3, 9), remove(4, 1, 99)]);
         assert_eq!(seqs(&out), vec![2, 4]);
     }
@@ -344,7 +333,7 @@ mod tests {
     #[test]
     fn an_add_then_remove_in_the_range_delivers_between_them_only() {
         let member_events = [add(3, 1, USER), remove(6, 1, USER)];
-        let plan = Plan::new(USER, &member_events, &[], Some(1_000));
+        let plan = Plan::new(USER, &member_events, &[]);
         assert_eq!(plan.member_at_cursor, BTreeSet::new());
         let out = plan.select(vec![
             msg(2, 1),

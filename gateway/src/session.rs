@@ -21,7 +21,7 @@ use crate::handle::SessionHandle;
 use crate::heartbeat::{self, Beat, BeatWindow};
 use crate::limit::Lease;
 use crate::node::Node;
-use crate::resume::{self, Membership};
+use crate::resume::{self, Seam};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use otako_common::client_frame::is_heartbeat;
@@ -51,11 +51,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that accepts no bytes for this long is too slow.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a new session waits for a start slot before it is told to come
-/// back later (1013).
-const START_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The database part of a start.
 const START_DB_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a session start waits for the history's end, and then for this
+/// node to route up to it.
+const START_HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The session limit's part of a start (NATS KV round trips).
+const START_LIMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn ws_config() -> WebSocketConfig {
     // Small buffers keep an idle session cheap: tungstenite would otherwise
@@ -201,7 +203,8 @@ struct Session {
     /// The `s` of the last dispatch frame sent.
     seq: u64,
     /// The history position this session already has everything up to: a
-    /// queued frame at or before it came in the replay, and is skipped.
+    /// queued frame at or before it came in the replay, or (for a fresh
+    /// session) before READY's cursor, and is skipped.
     floor: u64,
     session_id: String,
 }
@@ -227,7 +230,7 @@ impl Session {
     async fn start(&mut self, who: Box<Who>) -> Result<Started, CloseCode> {
         let Who { claims, resume } = *who;
         let node = self.node.clone();
-        let Ok(Ok(permit)) = timeout(START_QUEUE_TIMEOUT, node.starts.acquire()).await else {
+        let Ok(Ok(permit)) = timeout(node.start_queue, node.starts.acquire()).await else {
             metrics::counter!("otako_session_starts_refused_total").increment(1);
             return Err(self.end(Close::new(CloseCode::TryAgainLater)).await);
         };
@@ -278,27 +281,33 @@ impl Session {
             let close = Close::with_reason(CloseCode::AuthFailed, AuthError::Revoked.to_string());
             return Err(self.end(close).await);
         }
-        if let Err(e) = node.limiter.admit(claims.user_id, &self.session_id).await {
-            let close = Close::with_reason(CloseCode::SessionLimit, e.to_string());
-            return Err(self.end(close).await);
+        let (at_history, bounds) = match self.catch_up(&start, claims.user_id).await {
+            Ok(caught_up) => caught_up,
+            Err(close) => return Err(self.end(close).await),
+        };
+        match timeout(
+            START_LIMIT_TIMEOUT,
+            node.limiter.admit(claims.user_id, &self.session_id),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let close = Close::with_reason(CloseCode::SessionLimit, e.to_string());
+                return Err(self.end(close).await);
+            }
+            // The limiter's rule for a fault: admit, rather than hold the
+            // start slot for as long as NATS takes to answer.
+            Err(_) => warn!(user = claims.user_id, "session limit timed out; admitting"),
         }
         let lease = node.limiter.lease(claims.user_id, &self.session_id);
-        // The channels as the history has them, not as the database has
-        // them ahead of it (see `db::SessionStart`).
-        let in_history = self.pending_in_history(&start, claims.user_id).await;
-        let at_history = start.channels_at_history(|c| in_history.contains(&c));
-        let joined: Vec<i64> = at_history.iter().map(|(c, _)| *c).collect();
-        let seam = node.hub.join_channels(&registration.handle, &joined);
-        let memberships: Vec<Membership> = at_history
-            .into_iter()
-            .map(|(channel_id, joined_at_ms)| Membership {
-                channel_id,
-                joined_at_ms,
-            })
-            .collect();
-        let outcome = self
-            .resume_from(resume, claims.user_id, seam, &memberships)
-            .await;
+        let (seam, joined) = node.hub.join_channels(&registration.handle, &at_history);
+        let seam = Seam {
+            seq: seam,
+            channels: &joined,
+            bounds,
+        };
+        let outcome = self.resume_from(resume, claims.user_id, seam).await;
         let channels: Vec<String> = node
             .hub
             .channels_of(id)
@@ -353,39 +362,70 @@ impl Session {
         out
     }
 
-    /// Replays what a resuming session missed, or says why it starts fresh.
-    async fn resume_from(
+    /// The session's channels as the history has them, not as the database
+    /// has them ahead of it (see `db::SessionStart`), once this node has
+    /// routed the history as far as it reached when they were read; with the
+    /// history's bounds.
+    ///
+    /// The list is the membership as of the history's end, which runs ahead
+    /// of this node's position while the node catches up (after its NATS
+    /// link broke, or under load): joined at an earlier seam, the session
+    /// would get a just-added channel's events from before the add, and miss
+    /// a just-removed channel's last events. Past the wait's bound the client
+    /// is told to come back (1013).
+    async fn catch_up(
         &self,
-        cursor: Option<String>,
+        start: &db::SessionStart,
         user_id: i64,
-        seam: u64,
-        memberships: &[Membership],
-    ) -> Resumed {
+    ) -> Result<(Vec<i64>, (u64, u64)), Close> {
+        let later = |why: &str| {
+            metrics::counter!("otako_session_starts_refused_total").increment(1);
+            Close::with_reason(CloseCode::TryAgainLater, why.to_owned())
+        };
+        let timed_out = || later("event history timed out, reconnect later");
+        let in_history = timeout(
+            START_HISTORY_TIMEOUT,
+            self.pending_in_history(start, user_id),
+        )
+        .await
+        .map_err(|_| timed_out())?;
+        let channels = start.channels_at_history(|c| in_history.contains(&c));
+        let bounds = match timeout(START_HISTORY_TIMEOUT, self.node.history.bounds()).await {
+            Ok(Ok(bounds)) => bounds,
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not read the event history's end for a session start");
+                return Err(later("event history unavailable, reconnect later"));
+            }
+            Err(_) => return Err(timed_out()),
+        };
+        timeout(START_HISTORY_TIMEOUT, self.node.hub.caught_up(bounds.1))
+            .await
+            .map_err(|_| later("node catching up with the event history, reconnect later"))?;
+        Ok((channels, bounds))
+    }
+
+    /// Replays what a resuming session missed, or says why it starts fresh.
+    async fn resume_from(&self, cursor: Option<String>, user_id: i64, seam: Seam<'_>) -> Resumed {
         let history = &self.node.history;
         let fresh = Resumed {
             resumed: false,
-            cursor: history.cursor(seam).to_string(),
+            cursor: history.cursor(seam.seq).to_string(),
             replay: Vec::new(),
-            floor: 0,
+            // A member event routed while the session loaded joined it to
+            // the channel (READY lists it) and queued frames at or before
+            // the seam: they precede READY's cursor.
+            floor: seam.seq,
         };
         let Some(cursor) = cursor else {
             return fresh;
         };
-        match resume::replay(
-            history,
-            &cursor,
-            user_id,
-            seam,
-            memberships,
-            self.node.resume,
-        )
-        .await
-        {
+        let seam_seq = seam.seq;
+        match resume::replay(history, &cursor, user_id, seam, self.node.resume).await {
             Ok(replay) => {
                 metrics::counter!("otako_resumes_total", "outcome" => "resumed").increment(1);
                 Resumed {
                     resumed: true,
-                    floor: replay.cursor.seq.max(seam),
+                    floor: replay.cursor.seq.max(seam_seq),
                     cursor: replay.cursor.to_string(),
                     replay: replay.frames,
                 }

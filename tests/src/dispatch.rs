@@ -157,6 +157,40 @@ impl DispatchClient {
         records
     }
 
+    /// Every record in `OTAKO_ERRORS` with whether its `Otako-Sig` is the
+    /// cluster's (made with the bus key of [`crate::TEST_SECRET`]).
+    pub async fn error_records_checked(&self) -> Vec<(Value, bool)> {
+        let key = otako_common::bus::BusKey::from_secret(crate::TEST_SECRET);
+        let stream = self
+            .js
+            .get_stream(ERRORS_STREAM)
+            .await
+            .unwrap_or_else(|e| panic!("looking up {ERRORS_STREAM}: {e}"));
+        let state = stream.cached_info().state.clone();
+        let mut records = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(msg) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let sig = msg
+                .headers
+                .get(otako_common::bus::SIGNATURE_HEADER)
+                .map(|v| v.as_str().to_owned());
+            let genuine = key
+                .verify(
+                    otako_common::proto::ERRORS_SUBJECT,
+                    sig.as_deref(),
+                    &msg.payload,
+                    otako_common::bus::now_ms(),
+                    i64::MAX / 2,
+                )
+                .is_ok();
+            let v: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+            records.push((v, genuine));
+        }
+        records
+    }
+
     /// How many records `OTAKO_ERRORS` holds (0 when it does not exist yet).
     pub async fn error_count(&self) -> u64 {
         match self.js.get_stream(ERRORS_STREAM).await {

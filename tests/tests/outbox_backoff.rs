@@ -1,7 +1,10 @@
 //! A backoff survives a restart: an event whose attempt failed before a
 //! backend went down is not sent again before its `next_attempt_at`, and the
-//! events of its channel behind it wait with it, in order.
+//! events of its channel behind it wait with it, in order. And a backoff
+//! after an unanswered attempt ends as soon as a gateway answers again.
 
+use futures_util::StreamExt;
+use otako_common::proto::{DISPATCH_QUEUE, DISPATCH_SUBJECT};
 use otako_e2e::{Stack, ARRIVE};
 use serde_json::json;
 use std::time::Duration;
@@ -64,5 +67,70 @@ async fn an_event_backing_off_at_a_restart_waits_for_its_next_attempt() {
             ("delivered".to_owned(), 1, true)
         ],
         "(status, attempts, finished after the backoff) of each event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_unanswered_while_the_cluster_recovers_is_retried_once_a_gateway_answers() {
+    // A 30 s first backoff and short attempts: an event whose attempt went
+    // unanswered would wait 30 s without the wake-up.
+    let stack = Stack::builder()
+        .gateways(1)
+        .dispatch(5, 300, 30_000)
+        .build()
+        .await;
+    let api = stack.api();
+    let (alice, bob, channel) = stack.alice_and_bob("general").await;
+    let other = api.create_channel(&alice.token, "other").await;
+    stack.db.wait_outbox_settled(ARRIVE).await;
+    let mut bob_session = stack.gateway(0).connect(&bob.token, "bob").await;
+
+    // A member of the gateways' queue group that answers nothing (a node
+    // stuck or gone without unsubscribing): messages are posted until NATS
+    // hands one of their requests to it.
+    let nats = stack.nats.client(0).await;
+    let mut swallower = nats
+        .queue_subscribe(DISPATCH_SUBJECT, DISPATCH_QUEUE.into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let mut sent = 0;
+    let swallowed = loop {
+        sent += 1;
+        api.post_message(&alice.token, &channel, &format!("m{sent}"), None)
+            .await;
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(500), swallower.next()).await
+        {
+            break sent;
+        }
+        assert!(sent < 50, "NATS never routed a request to the swallower");
+    };
+    swallower.unsubscribe().await.unwrap();
+    nats.flush().await.unwrap();
+    // The swallowed event's attempt has timed out and its backoff began.
+    otako_e2e::wait::until_true("an attempt recorded as unanswered", ARRIVE, || async {
+        let backing_off: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE status = 'pending' AND attempts >= 1",
+        )
+        .fetch_one(stack.db.pool())
+        .await
+        .unwrap();
+        backing_off >= 1
+    })
+    .await;
+    // Another channel's event is answered: the backing-off event is retried
+    // then, well inside its 30 s backoff.
+    api.post_message(&alice.token, &other, "wake", None).await;
+    stack.db.wait_outbox_settled(Duration::from_secs(10)).await;
+    let mut got = Vec::new();
+    while got.len() < sent {
+        let d = bob_session.expect_dispatch("EVENT_MESSAGE_CREATE").await;
+        got.push(d["content"].as_str().unwrap().to_owned());
+    }
+    let want: Vec<String> = (1..=sent).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        got, want,
+        "every message once, in order (m{swallowed} was swallowed)"
     );
 }

@@ -3,7 +3,8 @@
 //! another server of the cluster, its open sessions still receive every
 //! event exactly once, in order (caught up from the history), and stay open.
 
-use otako_e2e::{Proxy, Stack, WsClient, ARRIVE};
+use otako_common::close::CloseCode;
+use otako_e2e::{Auth, Proxy, Stack, WsClient, ARRIVE};
 use std::time::Duration;
 
 /// How long a fault lasts: the fault itself, not a wait for a condition.
@@ -55,13 +56,13 @@ async fn post_while<F: std::future::Future<Output = ()>>(
     sent
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nodes_cut_nats_link_loses_no_event_for_its_open_sessions() {
-    // Short dispatch timeouts: requests the cut node took are retried on the
-    // other one soon.
+/// Two gateways: gw-1 reaches NATS through a cuttable proxy, gw-2 directly.
+/// Short dispatch timeouts: requests the cut node took are retried on the
+/// other one soon.
+async fn stack_with_a_cuttable_node(gw1_env: &[(&str, &str)]) -> (Stack, Proxy) {
     let mut stack = Stack::builder()
         .gateways(0)
-        // The test reads without heartbeating, for as long as a loaded
+        // The tests read without heartbeating, for as long as a loaded
         // machine takes.
         .heartbeat_ms(300_000)
         .dispatch(20, 1_000, 100)
@@ -74,13 +75,26 @@ async fn a_nodes_cut_nats_link_loses_no_event_for_its_open_sessions() {
         .parse()
         .unwrap();
     let proxy = Proxy::start(nats_addr).await;
+    let shared = stack.gateway_config.extra_env.clone();
     stack.gateway_config.extra_env.push((
         "OTAKO_NATS_URL".into(),
         format!("nats://127.0.0.1:{}", proxy.port()),
     ));
+    for (k, v) in gw1_env {
+        stack
+            .gateway_config
+            .extra_env
+            .push(((*k).into(), (*v).into()));
+    }
     stack.start_gateway().await;
-    stack.gateway_config.extra_env.pop();
+    stack.gateway_config.extra_env = shared;
     stack.start_gateway().await;
+    (stack, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_cut_nats_link_loses_no_event_for_its_open_sessions() {
+    let (stack, proxy) = stack_with_a_cuttable_node(&[]).await;
     let api = stack.api().clone();
     let (alice, bob, channel) = stack.alice_and_bob("general").await;
 
@@ -189,4 +203,128 @@ async fn a_nats_server_killed_while_events_flow_loses_nothing() {
         assert_eq!(read_messages(c, 1, ARRIVE).await, ["after"]);
         c.expect_no_dispatch(otako_e2e::QUIET).await;
     }
+}
+
+/// Opens sessions on `url` until one gets READY, as a client does on 1013
+/// (the node is catching up); returns it and how many were refused.
+async fn connect_when_ready(url: &str, token: &str, label: &str) -> (WsClient, usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    loop {
+        let mut c = WsClient::connect(url, Auth::Header(token), label).await;
+        c.hello().await;
+        match c.next_incoming(ARRIVE).await {
+            Some(otako_e2e::Incoming::Json(v)) if v["t"] == "READY" => {
+                c.ready = Some(v["d"].clone());
+                return (c, refused);
+            }
+            Some(otako_e2e::Incoming::Close(Some(code), _))
+                if code == CloseCode::TryAgainLater.code() =>
+            {
+                refused += 1;
+            }
+            other => panic!("{label}: expected READY or 1013, got {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{label}: no READY within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_its_history_starts_no_session_with_a_membership_ahead_of_it() {
+    let (stack, proxy) = stack_with_a_cuttable_node(&[]).await;
+    let api = stack.api().clone();
+    let (alice, bob, _general) = stack.alice_and_bob("general").await;
+    let private = api.create_channel(&alice.token, "private").await;
+    stack.db.wait_outbox_settled(ARRIVE).await;
+    let before = stack.gateway(1).connect(&bob.token, "bob@gw-2").await;
+    let cursor = before.last_cursor.clone().expect("READY carries a cursor");
+    before.close().await;
+
+    // While gw-1 cannot read the history, bob is added to a channel between
+    // two messages; gw-2 dispatches all three.
+    proxy.cut().await;
+    api.post_message(&alice.token, &private, "before-the-add", None)
+        .await;
+    api.add_member(&alice.token, &private, &bob.id).await;
+    api.post_message(&alice.token, &private, "after-the-add", None)
+        .await;
+    stack.db.wait_outbox_settled(Duration::from_secs(30)).await;
+
+    // A session asked of gw-1 now has the database's membership (bob is in
+    // `private`) but gw-1's history position is before the add: it is told
+    // to come back rather than started at that position.
+    let url = stack.gateway(0).ws_url();
+    let mut early = WsClient::connect(&url, Auth::Header(&bob.token), "bob@gw-1(cut)").await;
+    early.hello().await;
+    let reason = early
+        .expect_close(CloseCode::TryAgainLater, Duration::from_secs(30))
+        .await;
+    assert!(reason.contains("history"), "{reason}");
+
+    proxy.restore();
+    let (mut fresh, _) = connect_when_ready(&url, &bob.token, "bob@gw-1").await;
+    assert!(
+        fresh.ready_channels().contains(&private),
+        "{:?}",
+        fresh.ready
+    );
+    let resume_url = format!("{url}?resume={cursor}");
+    let (mut resumed, _) = connect_when_ready(&resume_url, &bob.token, "bob@gw-1(resumed)").await;
+    assert_eq!(resumed.ready.as_ref().unwrap()["resumed"], true);
+    let replayed: Vec<String> = [
+        resumed.next_dispatch(ARRIVE).await,
+        resumed.next_dispatch(ARRIVE).await,
+    ]
+    .iter()
+    .map(|v| match v["t"].as_str().unwrap() {
+        "EVENT_MESSAGE_CREATE" => v["d"]["content"].as_str().unwrap().to_owned(),
+        t => t.to_owned(),
+    })
+    .collect();
+    assert_eq!(
+        replayed,
+        ["EVENT_CHANNEL_MEMBER_ADD", "after-the-add"],
+        "the replay starts at the add, never before it"
+    );
+    api.post_message(&alice.token, &private, "live", None).await;
+    for c in [&mut fresh, &mut resumed] {
+        assert_eq!(read_messages(c, 1, ARRIVE).await, ["live"]);
+        c.expect_no_dispatch(otako_e2e::QUIET).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_starts_past_the_nodes_cap_are_told_to_come_back_with_1013() {
+    let (stack, proxy) = stack_with_a_cuttable_node(&[
+        ("OTAKO_MAX_CONCURRENT_STARTS", "1"),
+        ("OTAKO_START_QUEUE_MS", "300"),
+    ])
+    .await;
+    let bob = stack.api().create_user("bob").await;
+    let url = stack.gateway(0).ws_url();
+    // One start holds gw-1's only start slot: with its NATS link cut it
+    // waits (5 s) for the history's end.
+    proxy.cut().await;
+    let mut holder = WsClient::connect(&url, Auth::Header(&bob.token), "bob-1").await;
+    holder.hello().await;
+    let mut queued = WsClient::connect(&url, Auth::Header(&bob.token), "bob-2").await;
+    let reason = queued.expect_refused(CloseCode::TryAgainLater).await;
+    assert!(reason.contains("too many sessions starting"), "{reason}");
+    let reason = holder
+        .expect_close(CloseCode::TryAgainLater, Duration::from_secs(30))
+        .await;
+    assert!(reason.contains("history"), "{reason}");
+    // Both come back, as the close code says, and start.
+    proxy.restore();
+    for label in ["bob-1 again", "bob-2 again"] {
+        let (c, _) = connect_when_ready(&url, &bob.token, label).await;
+        assert_eq!(c.ready.as_ref().unwrap()["user"]["id"], bob.id.as_str());
+    }
+    let refused =
+        otako_e2e::metric(stack.gateway(0), "otako_session_starts_refused_total", &[]).await;
+    assert!(refused >= 2.0, "{refused}");
 }

@@ -325,3 +325,112 @@ async fn a_guessed_failure_claim_keeps_no_failure_from_the_sink() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genuine_error_records_are_signed_and_forged_ones_are_not() {
+    let stack = Stack::builder().backend(false).build().await;
+    let dispatcher = stack.dispatcher(0).await;
+    let genuine_id = otako_e2e::fresh_event_id();
+    let reply = dispatcher
+        .send(event_body(
+            "EVENT_NOPE",
+            json!({}),
+            Value::Null,
+            Value::String(genuine_id.clone()),
+        ))
+        .await;
+    assert!(!reply.success());
+    let genuine_id = Value::String(genuine_id);
+    otako_e2e::wait::until_true("the failure's record in OTAKO_ERRORS", ARRIVE, || async {
+        dispatcher.error_records_for(&genuine_id).await.len() == 1
+    })
+    .await;
+    // A record published by a client outside the cluster, with a made-up
+    // signature and with none.
+    let nats = stack.nats.client(0).await;
+    let forged_id = otako_e2e::fresh_event_id();
+    let forged = json!({"event_id": forged_id, "t": "EVENT_MESSAGE_CREATE", "error": "forged"});
+    let mut headers = HeaderMap::new();
+    headers.insert(otako_common::bus::SIGNATURE_HEADER, "1700000000000.AAAA");
+    let js = async_nats::jetstream::new(nats);
+    for headers in [headers, HeaderMap::new()] {
+        js.publish_with_headers(
+            otako_common::proto::ERRORS_SUBJECT,
+            headers,
+            forged.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let records = dispatcher.error_records_checked().await;
+    let verdict = |id: &str| -> Vec<bool> {
+        records
+            .iter()
+            .filter(|(v, _)| v["event_id"] == id)
+            .map(|(_, genuine)| *genuine)
+            .collect()
+    };
+    assert_eq!(verdict(genuine_id.as_str().unwrap()), [true], "{records:?}");
+    assert_eq!(verdict(&forged_id), [false, false], "{records:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_or_copied_liveness_key_keeps_no_dead_node_counting() {
+    let mut stack = Stack::builder()
+        .gateways(2)
+        .max_sessions_per_user(2)
+        .build()
+        .await;
+    let bob = stack.api().create_user("bob").await;
+    let _one = stack.gateway(0).connect(&bob.token, "bob-1@gw-1").await;
+    let _two = stack.gateway(0).connect(&bob.token, "bob-2@gw-1").await;
+    let js = async_nats::jetstream::new(stack.nats.client(0).await);
+    let nodes = js.get_key_value("otako_nodes").await.unwrap();
+    let node = stack.gateway(0).node_id.clone();
+    let copied = nodes
+        .get(&node)
+        .await
+        .unwrap()
+        .expect("the node keeps a liveness key");
+    stack.gateways[0].proc().kill();
+    // Someone outside the cluster keeps the dead node looking alive: a
+    // value with a fresh time and no valid digest, and the node's own last
+    // value copied back.
+    let keep_alive = tokio::spawn(async move {
+        loop {
+            let forged = format!(
+                "{} 0123456789abcdef0123456789abcdef",
+                otako_common::bus::now_ms()
+            );
+            let _ = nodes.put(&node, forged.into()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = nodes.put(&node, copied.clone()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    // The dead node's sessions stop counting once its genuine key is older
+    // than the TTL (docs/protocol.md: within 15 s): a third session is
+    // admitted on the other node.
+    let gw2 = stack.gateway(1);
+    let started = std::time::Instant::now();
+    loop {
+        let mut c = gw2
+            .connect_raw(otako_e2e::Auth::Header(&bob.token), "bob-3@gw-2")
+            .await;
+        c.hello().await;
+        match c.next_incoming(ARRIVE).await {
+            Some(otako_e2e::Incoming::Json(v)) if v["t"] == "READY" => break,
+            Some(otako_e2e::Incoming::Close(Some(code), _))
+                if code == CloseCode::SessionLimit.code() => {}
+            other => panic!("expected READY or 4010, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the dead node's sessions still count after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    keep_alive.abort();
+}
