@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod chaos;
+pub mod creds;
 pub mod db;
 pub mod dispatch;
 pub mod drill;

@@ -25,6 +25,9 @@ pub struct NatsSecurity {
     pub tls: bool,
     /// Cluster members keep the other members' client URLs to themselves.
     pub no_advertise: bool,
+    /// Operator mode: every client authenticates with a `.creds` file of
+    /// its role (`crate::creds`). Not with `users`.
+    pub operator: bool,
 }
 
 /// A user of the shipped configuration.
@@ -103,6 +106,8 @@ pub struct Nats {
     /// Whether cluster members keep the other members' client URLs to
     /// themselves, so a client reaches only the servers it was given.
     no_advertise: bool,
+    /// The operator, account and users of operator mode.
+    operator: Option<crate::creds::Operator>,
 }
 
 impl Nats {
@@ -157,7 +162,21 @@ impl Nats {
         let tls = security
             .tls
             .then(|| crate::tls::make_certificates(&dir.join("tls")));
+        assert!(
+            !(security.operator && security.users),
+            "operator mode replaces the shipped users"
+        );
+        let operator = security.operator.then(|| {
+            let roles: Vec<&str> = ROLES.iter().map(|r| r.user()).collect();
+            crate::creds::Operator::create(&dir.join("creds"), &roles)
+        });
         let config = match (&tls, security.users) {
+            (None, false) if operator.is_some() => {
+                let path = dir.join("nats-operator.conf");
+                let text = &operator.as_ref().expect("operator mode").config;
+                std::fs::write(&path, text).expect("writing the NATS configuration");
+                Some(path)
+            }
             (None, false) => None,
             (None, true) => Some(shipped_config()),
             (Some(tls), users) => {
@@ -184,6 +203,7 @@ impl Nats {
             tls,
             config,
             no_advertise: security.no_advertise,
+            operator,
         };
         for i in 0..n {
             nats.spawn(i);
@@ -351,10 +371,21 @@ impl Nats {
         self.tls.as_ref().map(|t| t.ca_cert.as_path())
     }
 
-    /// Client options of `role`: the CA and the role's reply prefix.
+    /// The `.creds` file of `role`, in operator mode.
+    pub fn creds_file(&self, role: Role) -> Option<PathBuf> {
+        self.operator.as_ref().map(|o| o.creds(role.user()))
+    }
+
+    /// A `.creds` file of a user no server knows, in operator mode.
+    pub fn stranger_creds(&self) -> Option<&Path> {
+        self.operator.as_ref().map(|o| o.stranger.as_path())
+    }
+
+    /// Client options of `role`: its `.creds` file, the CA and the role's
+    /// reply prefix.
     pub fn options_for(&self, role: Role) -> NatsOptions {
         NatsOptions {
-            creds_file: None,
+            creds_file: self.creds_file(role),
             tls_ca: self.tls_ca().map(Path::to_path_buf),
             inbox_prefix: role.inbox_prefix().map(str::to_owned),
         }

@@ -131,6 +131,14 @@ impl StackBuilder {
         self
     }
 
+    /// NATS in operator mode (JWTs, as `nsc` makes them): the gateways and
+    /// the backend authenticate with their role's `.creds` file in
+    /// `OTAKO_NATS_CREDS`. Default off.
+    pub fn nats_creds(mut self, on: bool) -> Self {
+        self.nats_security.operator = on;
+        self
+    }
+
     /// NATS over TLS only, with a private CA made for the test; the
     /// processes get `tls://` URLs and `OTAKO_NATS_TLS_CA`. Default off.
     pub fn nats_tls(mut self, on: bool) -> Self {
@@ -498,6 +506,9 @@ impl Stack {
         if let Some(ca) = self.nats.tls_ca() {
             env.push(("OTAKO_NATS_TLS_CA", ca.to_string_lossy().into_owned()));
         }
+        if let Some(creds) = self.nats.creds_file(Role::Gateway) {
+            env.push(("OTAKO_NATS_CREDS", creds.to_string_lossy().into_owned()));
+        }
         env.extend(c.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
@@ -543,6 +554,9 @@ impl Stack {
         ];
         if let Some(ca) = self.nats.tls_ca() {
             env.push(("OTAKO_NATS_TLS_CA", ca.to_string_lossy().into_owned()));
+        }
+        if let Some(creds) = self.nats.creds_file(Role::Backend) {
+            env.push(("OTAKO_NATS_CREDS", creds.to_string_lossy().into_owned()));
         }
         env.extend(c.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let mut proc = Proc::spawn(

@@ -32,11 +32,6 @@ async fn a_chaos_run_loses_duplicates_and_reorders_nothing() {
             "chaos/e2e",
             "--settle",
             "60",
-            // Fixed memberships: membership churn under faults has an open
-            // finding (RELIABILITY.md, finding 6); the pinned tests below
-            // hold the two that are fixed.
-            "--churn",
-            "0",
         ],
         &[],
         &log,

@@ -461,3 +461,59 @@ async fn tls_with_a_private_ca_and_the_shipped_users() {
         .await
         .expect("with OTAKO_NATS_TLS_CA set, TLS is used on a nats:// URL too");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_binaries_authenticate_with_a_creds_file_and_a_strangers_fails_at_start() {
+    // Operator mode, as `nsc` sets it up: the servers know the operator and
+    // the account; each binary has its user's JWT and seed in a file.
+    let stack = Stack::builder().nats_creds(true).gateways(2).build().await;
+    message_flows(&stack).await;
+    for gw in &stack.gateways {
+        let log = gw.log_text();
+        assert!(log.contains("otako-gateway.creds"), "{}: {log}", gw.node_id);
+    }
+
+    // A user of an account the servers do not know: both binaries exit with
+    // an error that says so, naming the file and never its seed.
+    let stranger = stack.nats.stranger_creds().expect("operator mode");
+    let seed = std::fs::read_to_string(stranger)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("SU"))
+        .expect("the file holds a user seed")
+        .to_owned();
+    for (name, binary) in [
+        ("gateway-stranger-creds", "otako-gateway"),
+        ("backend-stranger-creds", "otako-backend-shim"),
+    ] {
+        let mut p = Proc::spawn(
+            name,
+            env::binary(binary),
+            &[],
+            &[
+                ("OTAKO_NATS_URL", stack.nats.url(0)),
+                ("OTAKO_NATS_CREDS", stranger.to_string_lossy().into_owned()),
+                ("DATABASE_URL", stack.db.url().to_owned()),
+                ("OTAKO_TOKEN_SECRET", env::TEST_SECRET.to_owned()),
+                ("OTAKO_GATEWAY_LISTEN", "127.0.0.1:0".into()),
+                ("OTAKO_ADMIN_LISTEN", "127.0.0.1:0".into()),
+                ("OTAKO_HTTP_LISTEN", "127.0.0.1:0".into()),
+            ],
+            &stack.logs.join(format!("{name}.log")),
+        );
+        let status = p.wait_exit(Duration::from_secs(60)).await;
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{binary} must exit when NATS refuses its credentials ({status:?})"
+        );
+        let log = p.log_text();
+        assert!(
+            log.contains("authorization violation"),
+            "{binary}: the error names the cause:\n{log}"
+        );
+        assert!(
+            !log.contains(&seed),
+            "{binary}: the seed is in its log:\n{log}"
+        );
+    }
+}
