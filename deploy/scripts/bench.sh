@@ -5,12 +5,12 @@
 # peer), measures, prints a table and writes report.json and report.png.
 #
 #   deploy/scripts/bench.sh idle|nodes|fanout|latency|latency-http|storm|smoke [flags]
-#   deploy/scripts/bench.sh all          every scenario but storm and smoke, in turn
+#   deploy/scripts/bench.sh all          every scenario but smoke, in turn
 #
 # storm: 10,000 sessions on one node drop at once and all resume together
 # (time until all are live again, retries, resumed:false, the node's peak
-# RSS and CPU). It is left out of `all`: it is a failure test whose cost is
-# the NATS server's as much as the gateway's (see BENCHMARKS.md).
+# RSS and CPU); about half a minute. `--nats-max-consumers -1` lifts
+# nats-server's default of 1,000 consumers per stream (see BENCHMARKS.md).
 #
 # Results go to docs/bench/<scenario>/ (OTAKO_BENCH_OUT overrides the
 # folder); any further flags go to `otako-bench run` (see its --help), e.g.
@@ -36,7 +36,7 @@ run_one() {
 }
 
 if [ "$scenario" = all ]; then
-  for s in idle fanout latency latency-http nodes; do
+  for s in idle fanout latency latency-http nodes storm; do
     OTAKO_BENCH_OUT="${OTAKO_BENCH_OUT:+$OTAKO_BENCH_OUT/$s}" run_one "$s" "$@"
   done
 else
