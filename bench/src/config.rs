@@ -42,6 +42,8 @@ pub enum Scenario {
     LatencyHttp,
     /// A few hundred sessions for a few seconds: the test suite's check.
     Smoke,
+    /// 10,000 sessions on one node drop at once and all resume together.
+    Storm,
 }
 
 impl Scenario {
@@ -53,6 +55,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::LatencyHttp => "latency-http",
             Scenario::Smoke => "smoke",
+            Scenario::Storm => "storm",
         }
     }
 }
@@ -110,9 +113,19 @@ pub struct RunArgs {
     /// a node with a CPU limit of that many cores would pick for itself).
     #[arg(long)]
     pub gateway_threads: Option<usize>,
-    /// Handshakes in progress at once, per client process.
+    /// Handshakes in progress at once, per client process (the storm's
+    /// reconnect has no such bound: every session comes back at once).
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// NATS's `default_max_consumers` for the stack the bench starts: the
+    /// consumers a stream without a limit of its own may have (-1: no
+    /// limit). Default: the server's (1,000 per stream since 2.15).
+    #[arg(long, allow_negative_numbers = true)]
+    pub nats_max_consumers: Option<i64>,
+    /// Storm: events posted to each channel while its sessions are away,
+    /// which each resume then replays.
+    #[arg(long)]
+    pub gap_events: Option<usize>,
 
     /// Where report.json and report.png go (default target/otako-bench/<scenario>).
     #[arg(long)]

@@ -67,6 +67,23 @@ pub enum Command {
     Report,
     /// Closes every open session and waits for them to end.
     Close,
+    /// Drops every open session at once without a close frame: the sockets
+    /// just close, as when a client's network or process goes away. Each
+    /// Otako session's last cursor is kept for [`Command::Storm`].
+    Drop,
+    /// Brings back every dropped Otako session at once, each resuming from
+    /// its last cursor, and answers once each is live (READY with
+    /// `resumed: true` and every missed event received), back but not
+    /// resumed, or given up at `timeout_ms`.
+    Storm {
+        /// When the storm starts (unix µs); outcomes count from here.
+        start_us: i64,
+        /// The missed events were sent at or after this (unix µs).
+        since_us: i64,
+        /// Events posted to each channel while the sessions were away.
+        gap_events: u32,
+        timeout_ms: u64,
+    },
     Quit,
 }
 
@@ -87,6 +104,10 @@ pub enum Reply {
         held: u64,
     },
     Report(ShardReport),
+    /// One outcome per session brought back.
+    Stormed {
+        sessions: Vec<ResumeOutcome>,
+    },
     Error {
         message: String,
     },
@@ -104,4 +125,40 @@ pub struct ShardReport {
     /// Sessions that ended, by close code or reason, since the process started.
     pub ended: BTreeMap<String, u64>,
     pub latency: ExportedLatency,
+}
+
+/// How one session of a reconnect storm came back. Times are µs after the
+/// storm's start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResumeOutcome {
+    /// The session's index in the run.
+    pub index: u32,
+    /// Upgrades tried (1 when the first one was let in).
+    pub attempts: u32,
+    /// Why the earlier attempts failed ("close 1013", "eof", ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retried: BTreeMap<String, u32>,
+    /// The attempt that was let in: when its upgrade was answered, when
+    /// HELLO came (the node had a start slot for it), and READY.
+    pub upgraded_us: Option<u64>,
+    pub hello_us: Option<u64>,
+    pub ready_us: Option<u64>,
+    /// READY's `resumed`.
+    pub resumed: Option<bool>,
+    /// For a session not resumed: the cursor it sent, and READY's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_resumed: Option<(String, String)>,
+    /// Missed events expected: the gap's events of the session's channels.
+    pub expected: u32,
+    /// Missed events received.
+    pub replayed: u32,
+    /// Other events received: sent before the gap, so the old session
+    /// should have had them already.
+    pub older: u32,
+    /// Events at or before a position the session already had.
+    pub repeated: u32,
+    /// When the last missed event arrived.
+    pub live_us: Option<u64>,
+    /// Why it is not back (given up, or ended before its replay was in).
+    pub failed: Option<String>,
 }

@@ -1,7 +1,7 @@
 //! The coordinator's side of the client processes: spawning them (the bench
 //! binary itself, `clients` role), sending commands and collecting replies.
 
-use crate::control::{Command, Reply, ShardReport, System};
+use crate::control::{Command, Reply, ResumeOutcome, ShardReport, System};
 use crate::process::die_with_parent;
 use futures_util::future::join_all;
 use std::path::Path;
@@ -205,6 +205,37 @@ impl Fleet {
 
     pub async fn close_sessions(&self) -> Result<(), FleetError> {
         self.call_each(|_| Command::Close).await.map(|_| ())
+    }
+
+    /// Drops every session without a close frame (see [`Command::Drop`]).
+    pub async fn drop_sessions(&self) -> Result<(), FleetError> {
+        self.call_each(|_| Command::Drop).await.map(|_| ())
+    }
+
+    /// Brings every dropped session back at once (see [`Command::Storm`]);
+    /// the outcomes of all processes together.
+    pub async fn storm(
+        &self,
+        start_us: i64,
+        since_us: i64,
+        gap_events: u32,
+        timeout_ms: u64,
+    ) -> Result<Vec<ResumeOutcome>, FleetError> {
+        let replies = self
+            .call_each(|_| Command::Storm {
+                start_us,
+                since_us,
+                gap_events,
+                timeout_ms,
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .flat_map(|r| match r {
+                Reply::Stormed { sessions } => sessions,
+                _ => Vec::new(),
+            })
+            .collect())
     }
 
     /// Asks every process to exit, and waits a little for it.

@@ -13,6 +13,11 @@ pub enum ProcError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} has no {field}")]
     Missing { path: PathBuf, field: &'static str },
 }
@@ -24,17 +29,33 @@ fn read(path: PathBuf) -> Result<(String, PathBuf), ProcError> {
     }
 }
 
-/// `VmRSS` of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64, ProcError> {
+/// A KiB figure of `/proc/<pid>/status` (`field` with its colon).
+fn status_kib(pid: u32, field: &'static str) -> Result<u64, ProcError> {
     let (text, path) = read(PathBuf::from(format!("/proc/{pid}/status")))?;
     text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or(ProcError::Missing {
-            path,
-            field: "VmRSS",
-        })
+        .ok_or(ProcError::Missing { path, field })
+}
+
+/// `VmRSS` of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, ProcError> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The highest `VmRSS` of a process since it started or since
+/// [`reset_peak_rss`] (`VmHWM`), in KiB: the kernel keeps it, so no peak
+/// between two samples is missed.
+pub fn peak_rss_kib(pid: u32) -> Result<u64, ProcError> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Sets a process's `VmHWM` back to its current RSS (writing 5 to
+/// `/proc/<pid>/clear_refs`, Linux 4.0 and later).
+pub fn reset_peak_rss(pid: u32) -> Result<(), ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/clear_refs"));
+    std::fs::write(&path, "5").map_err(|source| ProcError::Write { path, source })
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -163,6 +184,7 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         assert_eq!(rss_sum_kib(&[me, u32::MAX]), rss_kib(me).unwrap());
         let _ = cpu_time(me).unwrap();
+        assert!(peak_rss_kib(me).unwrap() >= rss_kib(me).unwrap() / 2);
         let m = machine_cpu();
         assert!(m.busy > Duration::ZERO);
         let snap = CpuSnapshot::take(&[me], None, &[]);

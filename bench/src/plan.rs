@@ -24,6 +24,10 @@ pub struct Plan {
     pub shards: usize,
     pub connect_concurrency: usize,
     pub gateway_threads: usize,
+    /// Storm: events posted to each channel while its sessions are away.
+    pub gap_events: usize,
+    /// NATS's `default_max_consumers`, when the run sets it.
+    pub nats_max_consumers: Option<i64>,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -109,6 +113,20 @@ impl Plan {
                 true,
                 1,
             ),
+            // The live messages before the drop give the sessions real
+            // cursors: about 600 messages over the 1,000 channels.
+            Storm => (
+                10_000,
+                1,
+                Layout::Small(10),
+                Drive::Dispatch,
+                Rate::PerSecond(100.0),
+                1.0,
+                5.0,
+                &[],
+                false,
+                2,
+            ),
             Smoke => (
                 200,
                 2,
@@ -160,6 +178,8 @@ impl Plan {
             shards,
             connect_concurrency: a.connect_concurrency.max(1),
             gateway_threads: a.gateway_threads.unwrap_or(cores / nodes).max(1),
+            gap_events: a.gap_events.unwrap_or(1),
+            nats_max_consumers: a.nats_max_consumers,
         };
         if plan.sessions == 0 {
             return Err(PlanError::Invalid("--sessions must be at least 1".into()));
@@ -216,6 +236,9 @@ mod tests {
         assert_eq!(p.gateway_threads, 1, "at least one thread per node");
         let p = Plan::resolve(&args(&["--gateway-threads", "3"])).unwrap();
         assert_eq!(p.gateway_threads, 3);
+        let p = Plan::resolve(&args(&["--scenario", "storm"])).unwrap();
+        assert_eq!((p.sessions, p.nodes, p.gap_events), (10_000, 1, 1));
+        assert!(p.rss_steps.is_empty());
     }
 
     #[test]

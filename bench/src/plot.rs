@@ -1,10 +1,12 @@
 //! The PNG chart of a run: latency over time, the latency distribution,
 //! deliveries per second over time and memory per session, each for Otako
-//! and the peer, drawn with plotters' bitmap backend. Text uses a font
+//! and the peer, and for a reconnect storm the sessions back and the node's
+//! memory over the storm, drawn with plotters' bitmap backend. Text uses a font
 //! embedded in the binary, so it renders on machines without system fonts.
 
 use crate::latency::SecondPoint;
 use crate::report::{Report, SystemResult};
+use crate::storm::StormResult;
 use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
@@ -90,6 +92,8 @@ enum Panel {
     Distribution,
     Throughput,
     Memory,
+    StormSessions,
+    StormMemory,
 }
 
 fn systems(r: &Report) -> Vec<&SystemResult> {
@@ -114,6 +118,9 @@ pub fn draw(r: &Report, path: &Path) -> Result<(), PlotError> {
     }
     if has_memory {
         panels.push(Panel::Memory);
+    }
+    if r.storm.is_some() {
+        panels.extend([Panel::StormSessions, Panel::StormMemory]);
     }
     let rows = panels.len().div_ceil(2).max(1);
     let cols = if panels.len() > 1 { 2 } else { 1 };
@@ -152,6 +159,8 @@ pub fn draw(r: &Report, path: &Path) -> Result<(), PlotError> {
             Panel::Distribution => distribution(area, &sys)?,
             Panel::Throughput => throughput(area, &sys)?,
             Panel::Memory => memory(area, &sys)?,
+            Panel::StormSessions => storm_sessions(area, r.storm.as_ref())?,
+            Panel::StormMemory => storm_memory(area, r.storm.as_ref())?,
         }
     }
     root.present().map_err(draw_err)?;
@@ -343,12 +352,19 @@ fn latency_over_time(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotE
 fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
 ) -> Result<(), PlotError> {
+    legend_at(chart, SeriesLabelPosition::UpperLeft)
+}
+
+fn legend_at<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), PlotError> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font((FAMILY, 11))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .draw()
         .map_err(draw_err)
 }
@@ -441,6 +457,83 @@ fn memory(area: &Area<'_>, sys: &[&SystemResult]) -> Result<(), PlotError> {
         draw_line(&mut chart, pts, style, s.system.clone(), Some(3))?;
     }
     legend(&mut chart)
+}
+
+/// The end of a storm chart's time axis: the last session back, or the last
+/// memory sample.
+fn storm_tmax(st: &StormResult) -> f64 {
+    let last_live = st.live_series.last().map_or(0.0, |p| p.t);
+    let last_rss = st.rss_series.last().map_or(0.0, |p| p.0);
+    last_live.max(last_rss).max(0.1) * 1.02
+}
+
+fn storm_sessions(area: &Area<'_>, st: Option<&StormResult>) -> Result<(), PlotError> {
+    let Some(st) = st else { return Ok(()) };
+    let tmax = storm_tmax(st);
+    let ymax = (st.sessions.max(1) as f64) * 1.1;
+    let frame_of = Frame {
+        caption: "Reconnect storm: sessions back",
+        x_desc: "seconds after the first reconnect",
+        y_desc: "sessions",
+        x_labels: 10,
+        x_label: &number_label,
+        y_label: &|v| count_label(*v, ymax),
+    };
+    let mut chart = frame(area, &frame_of, 0f64..tmax, 0f64..ymax)?;
+    let c = color(0);
+    for (name, style, pick) in [
+        ("READY", c.mix(0.45).stroke_width(1), 0),
+        ("live (resumed, replay in)", c.stroke_width(2), 1),
+    ] {
+        let pts = st
+            .live_series
+            .iter()
+            .map(|p| (p.t, [p.ready, p.live][pick] as f64))
+            .collect();
+        draw_line(&mut chart, pts, style, name.into(), None)?;
+    }
+    legend_at(&mut chart, SeriesLabelPosition::LowerRight)
+}
+
+fn storm_memory(area: &Area<'_>, st: Option<&StormResult>) -> Result<(), PlotError> {
+    let Some(st) = st else { return Ok(()) };
+    let tmax = storm_tmax(st);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let ymax = mib(st.rss_peak_kib.max(st.rss_held_kib).max(1)) * 1.2;
+    let frame_of = Frame {
+        caption: "Reconnect storm: gateway RSS",
+        x_desc: "seconds after the first reconnect",
+        y_desc: "MiB",
+        x_labels: 10,
+        x_label: &number_label,
+        y_label: &number_label,
+    };
+    let mut chart = frame(area, &frame_of, 0f64..tmax, 0f64..ymax)?;
+    let pts = st.rss_series.iter().map(|p| (p.0, mib(p.1))).collect();
+    draw_line(
+        &mut chart,
+        pts,
+        color(0).stroke_width(2),
+        "RSS".into(),
+        None,
+    )?;
+    let held = mib(st.rss_held_kib);
+    draw_line(
+        &mut chart,
+        vec![(0.0, held), (tmax, held)],
+        BLACK.mix(0.4).stroke_width(1),
+        format!("before the drop ({held:.0} MiB)"),
+        None,
+    )?;
+    let peak = mib(st.rss_peak_kib);
+    draw_line(
+        &mut chart,
+        vec![(0.0, peak), (tmax, peak)],
+        color(1).stroke_width(1),
+        format!("peak ({peak:.0} MiB)"),
+        None,
+    )?;
+    legend_at(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 #[cfg(test)]

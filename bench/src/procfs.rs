@@ -47,11 +47,32 @@ pub fn machine() -> Machine {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
-        loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0),
+        loadavg_at_start: loadavg(),
     }
+}
+
+/// Counters of the kernel's TCP stack (`TcpExt` of `/proc/net/netstat`)
+/// by name; a name the kernel does not have is left out.
+pub fn tcp_ext(names: &[&str]) -> std::collections::BTreeMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut rows = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(head), Some(values)) = (rows.next(), rows.next()) else {
+        return Default::default();
+    };
+    head.split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter(|(k, _)| names.contains(k))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+/// The machine's 1-minute load average now.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -63,5 +84,10 @@ mod tests {
         assert!(machine().nproc >= 1);
         let me = std::fs::read_to_string("/proc/self/comm").unwrap();
         assert!(pids_named(me.trim_end()).contains(&std::process::id()));
+        let tcp = tcp_ext(&["ListenOverflows", "NoSuchCounter"]);
+        assert!(
+            tcp.contains_key("ListenOverflows") && tcp.len() == 1,
+            "{tcp:?}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 use crate::latency::{LatencySummary, SecondPoint};
 use crate::plan::Plan;
 use crate::procfs::Machine;
+use crate::storm::{Spread, StormResult};
 use crate::workload::SendSummary;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -145,6 +146,9 @@ pub struct Report {
     pub otako: SystemResult,
     pub peer: Option<SystemResult>,
     pub comparison: Option<Comparison>,
+    /// The reconnect storm's figures (`storm` scenario only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormResult>,
     pub targets: Vec<TargetCheck>,
     pub json: String,
     pub png: Option<String>,
@@ -189,6 +193,152 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 fn ms(us: Option<u64>) -> String {
     us.map_or_else(|| "-".into(), |v| format!("{:.2} ms", v as f64 / 1000.0))
+}
+
+fn spread(s: &Option<Spread>) -> String {
+    s.map_or_else(
+        || "-".into(),
+        |s| {
+            format!(
+                "p50 {:.0} / p90 {:.0} / p99 {:.0} / max {:.0} ms",
+                s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
+            )
+        },
+    )
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The storm's own rows, under the sessions' table.
+fn storm_table(out: &mut String, st: &StormResult) {
+    let secs = |v: Option<f64>| v.map_or_else(|| "never".into(), |v| format!("{v:.2} s"));
+    let reasons = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("sessions dropped and brought back", st.sessions.to_string()),
+        (
+            "node's sessions open: held / as the storm started",
+            format!(
+                "{} / {}",
+                st.gateway_sessions_open_held
+                    .map_or("-".into(), |v| v.to_string()),
+                st.gateway_sessions_open_at_storm
+                    .map_or("-".into(), |v| v.to_string())
+            ),
+        ),
+        (
+            "missed events posted (per channel)",
+            format!(
+                "{} ({}), {} failed",
+                st.gap_events_posted, st.gap_events_per_channel, st.gap_events_failed
+            ),
+        ),
+        ("until all had READY", secs(st.all_ready_s)),
+        ("until all live (resumed, replay in)", secs(st.all_live_s)),
+        (
+            "live / resumed:false / failed",
+            format!("{} / {} / {}", st.live, st.resumed_false, st.failed),
+        ),
+        ("READY per session", spread(&st.ready)),
+        ("live per session", spread(&st.time_to_live)),
+        ("  storm start to upgrade answered", spread(&st.upgrade)),
+        ("  upgrade to HELLO (start slot)", spread(&st.slot_wait)),
+        ("  HELLO to READY (start)", spread(&st.start)),
+        ("  READY to last missed event", spread(&st.replay)),
+        (
+            "attempts / retries / refused 1013",
+            format!("{} / {} / {}", st.attempts, st.retries, st.refused_1013),
+        ),
+        (
+            "sessions retried / most attempts",
+            format!("{} / {}", st.sessions_retried, st.max_attempts),
+        ),
+        (
+            "replayed / expected / repeated / older",
+            format!(
+                "{} / {} / {} / {}",
+                st.replayed, st.replay_expected, st.repeated, st.older
+            ),
+        ),
+        (
+            "gateway RSS held / dropped / peak / after",
+            format!(
+                "{} / {} / {} / {}",
+                mib(st.rss_held_kib),
+                mib(st.rss_dropped_kib),
+                mib(st.rss_peak_kib),
+                mib(st.rss_after_kib)
+            ),
+        ),
+        (
+            "broker RSS before / peak",
+            format!(
+                "{} / {}",
+                st.broker_rss_before_kib.map_or("-".into(), mib),
+                st.broker_rss_peak_kib.map_or("-".into(), mib)
+            ),
+        ),
+        (
+            "gateway CPU (per session)",
+            format!(
+                "{:.2} s in {:.2} s ({:.2} ms)",
+                st.gateway_cpu_seconds, st.window_seconds, st.gateway_cpu_ms_per_session
+            ),
+        ),
+        (
+            "broker / database / bench clients CPU",
+            format!(
+                "{:.2} / {:.2} / {:.2} s",
+                st.broker_cpu_seconds, st.database_cpu_seconds, st.clients_cpu_seconds
+            ),
+        ),
+        (
+            "machine busy / stolen; load at start",
+            format!(
+                "{:.2} / {:.2} cores; {:.2}",
+                st.machine_cores_busy, st.machine_cores_stolen, st.loadavg_at_storm
+            ),
+        ),
+    ];
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(10);
+    let _ = writeln!(out, "reconnect storm:");
+    for (name, v) in rows {
+        let _ = writeln!(out, "  {name:w0$}  {v}");
+    }
+    if !st.retry_reasons.is_empty() {
+        let _ = writeln!(out, "  retried because: {}", reasons(&st.retry_reasons));
+    }
+    if !st.failures.is_empty() {
+        let _ = writeln!(out, "  not live because: {}", reasons(&st.failures));
+    }
+    if !st.tcp_counters.is_empty() {
+        let c: Vec<String> = st
+            .tcp_counters
+            .iter()
+            .map(|(k, v)| format!("{k} +{v}"))
+            .collect();
+        let _ = writeln!(out, "  kernel TCP: {}", c.join(", "));
+    }
+    for (index, from, ready) in &st.not_resumed {
+        let _ = writeln!(
+            out,
+            "  session {index} sent cursor {from:?}, READY said resumed:false at {ready:?}"
+        );
+    }
+    if !st.gateway_counters.is_empty() {
+        let c: Vec<String> = st
+            .gateway_counters
+            .iter()
+            .map(|(k, v)| format!("{k} +{v}"))
+            .collect();
+        let _ = writeln!(out, "  the node counted: {}", c.join(", "));
+    }
 }
 
 /// The table printed at the end of a run.
@@ -292,6 +442,9 @@ pub fn table(r: &Report) -> String {
             }
             let _ = writeln!(out);
         }
+    }
+    if let Some(st) = &r.storm {
+        storm_table(&mut out, st);
     }
     if let Some(c) = &r.comparison {
         let _ = writeln!(

@@ -3,7 +3,7 @@
 //! the peer in turn: open the sessions (reading memory at each step), send
 //! messages and measure, close; then the report, its targets and its chart.
 
-use crate::config::{Drive, RunArgs};
+use crate::config::{Drive, RunArgs, Scenario};
 use crate::control::{Command, SessionSpec, System};
 use crate::driver::{ChannelTarget, Sender};
 use crate::fleet::{Fleet, FleetError, Opened};
@@ -14,6 +14,7 @@ use crate::procfs;
 use crate::report::{self, Comparison, DriveResult, Report, RssPoint, SystemResult};
 use crate::seed::{self, Population};
 use crate::stack::{self, Endpoints, OwnStack, Paths, Peer, StackError};
+use crate::storm::{self, StormError, StormResult, StormSetup};
 use crate::workload::{self, Workload};
 use otako_common::token::{Claims, TokenKey, DEV_SECRET};
 use std::collections::BTreeMap;
@@ -44,6 +45,8 @@ pub enum RunError {
     Histogram(#[from] latency::HistogramError),
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    #[error(transparent)]
+    Storm(#[from] StormError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -115,6 +118,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
             &paths,
             (plan.nodes, plan.gateway_threads),
             plan.drive == Drive::Http,
+            plan.nats_max_consumers,
             &secret,
             &run_id,
         )
@@ -148,7 +152,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     if let Some(own) = own {
         own.teardown().await;
     }
-    let (otako, peer) = result?;
+    let (otako, peer, storm) = result?;
 
     let comparison = peer.as_ref().map(|p| Comparison::of(&otako, p));
     let json = out_dir.join("report.json");
@@ -165,6 +169,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         otako,
         peer,
         comparison,
+        storm,
         targets: Vec::new(),
         json: json.display().to_string(),
         png: None,
@@ -214,6 +219,7 @@ fn external_endpoints(args: &RunArgs, plan: &Plan) -> Result<Endpoints, RunError
     Ok(Endpoints {
         gateways,
         gateway_pids,
+        gateway_admins: Vec::new(),
         database_url,
         nats_url: args
             .nats_url
@@ -266,6 +272,33 @@ fn channel_targets(pop: &Population, secret: &str) -> Vec<ChannelTarget> {
         .collect()
 }
 
+/// How messages are sent for `drive` (none for [`Drive::None`]).
+async fn sender_for(
+    drive: Drive,
+    pool: &sqlx::PgPool,
+    ep: &Endpoints,
+    run_id: &str,
+) -> Result<Option<Sender>, RunError> {
+    Ok(match drive {
+        Drive::None => None,
+        Drive::Dispatch => Some(Sender::Dispatch {
+            pool: pool.clone(),
+            nats: nats_client(&ep.nats_url).await?,
+            run_id: run_id.to_owned(),
+        }),
+        Drive::Http => Some(Sender::Http {
+            client: reqwest::Client::new(),
+            base_url: ep
+                .backend_url
+                .clone()
+                .ok_or_else(|| RunError::Usage("no backend for the HTTP drive".into()))?,
+        }),
+    })
+}
+
+/// What the phases found: Otako's, the peer's and the storm's figures.
+type Phases = (SystemResult, Option<SystemResult>, Option<StormResult>);
+
 #[allow(clippy::too_many_arguments)]
 async fn phases(
     plan: &Plan,
@@ -275,7 +308,7 @@ async fn phases(
     exe: &Path,
     logs: &Path,
     run_id: &str,
-) -> Result<(SystemResult, Option<SystemResult>), RunError> {
+) -> Result<Phases, RunError> {
     // The generator stands in for the backend: same pool settings (no ping
     // per query), so its cost on the shared machine is the backend's.
     let pool = otako_common::db::lazy_pool(&ep.database_url, 16)?;
@@ -309,20 +342,13 @@ async fn phases(
         .await?;
     let targets = channel_targets(&pop, &ep.secret);
 
-    let sender = match plan.drive {
-        Drive::None => None,
-        Drive::Dispatch => Some(Sender::Dispatch {
-            pool: pool.clone(),
-            nats: nats_client(&ep.nats_url).await?,
-            run_id: run_id.to_owned(),
-        }),
-        Drive::Http => Some(Sender::Http {
-            client: reqwest::Client::new(),
-            base_url: ep
-                .backend_url
-                .clone()
-                .ok_or_else(|| RunError::Usage("no backend for the HTTP drive".into()))?,
-        }),
+    let sender = sender_for(plan.drive, &pool, ep, run_id).await?;
+    // The storm posts the events its sessions miss the way the drive sends
+    // (the dispatch drive's when there is none).
+    let storm_sender = match (plan.scenario, plan.drive) {
+        (Scenario::Storm, Drive::None) => sender_for(Drive::Dispatch, &pool, ep, run_id).await?,
+        (Scenario::Storm, drive) => sender_for(drive, &pool, ep, run_id).await?,
+        _ => None,
     };
     let ctx = PhaseContext {
         plan,
@@ -339,6 +365,21 @@ async fn phases(
             plan.drive,
         )
         .await?;
+    let storm = match storm_sender {
+        Some(sender) => Some(
+            storm::run(StormSetup {
+                plan,
+                fleet: &fleet,
+                targets: &targets,
+                sender,
+                server_pids: &ep.gateway_pids,
+                admins: &ep.gateway_admins,
+                broker_pid: ep.nats_pid,
+            })
+            .await?,
+        ),
+        None => None,
+    };
     fleet.close_sessions().await?;
     if let Some(own) = own {
         // Quiet the machine for the peer's turn.
@@ -362,7 +403,7 @@ async fn phases(
         f.shutdown().await;
     }
     pool.close().await;
-    Ok((otako, peer_result))
+    Ok((otako, peer_result, storm))
 }
 
 struct PhaseContext<'a> {

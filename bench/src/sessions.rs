@@ -6,11 +6,13 @@
 
 use crate::latency::{self, Recorder};
 use crate::nats_wire::{self, ServerOp, ServerStream};
+use crate::resuming::CatchUp;
 use crate::wsclient::{self, Frame, Opcode, Upgrade, WsConn, WsError};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -123,10 +125,28 @@ async fn next_frame(conn: &mut WsConn) -> Result<Frame, SessionError> {
 /// Times a session start answered with close 1011 is tried again.
 const START_RETRIES: u32 = 3;
 
+/// The last cursor a session received (READY's, then each event's): where
+/// it resumes from once it is gone. Shared with its client process, which
+/// reads it after the session was dropped.
+pub type CursorSlot = Arc<Mutex<String>>;
+
 pub struct OtakoSession {
     pub addr: SocketAddr,
     pub bind: Ipv4Addr,
     pub token: String,
+    pub cursor: CursorSlot,
+}
+
+/// What READY said, and when the start's steps were done (unix µs): the
+/// upgrade answered, then HELLO (which the node sends once it has a start
+/// slot for the session), then READY.
+pub struct Ready {
+    pub interval: Duration,
+    pub cursor: String,
+    pub resumed: bool,
+    pub upgraded_us: i64,
+    pub hello_us: i64,
+    pub ready_us: i64,
 }
 
 /// Runs one Otako session until `stop`, the server closes it, or it fails;
@@ -139,8 +159,8 @@ pub async fn run_otako(
     ready_timeout: Duration,
 ) {
     let mut attempt = 0u32;
-    let (mut conn, interval) = loop {
-        match timeout(ready_timeout, otako_start(&s)).await {
+    let (mut conn, r) = loop {
+        match timeout(ready_timeout, otako_start(&s, None)).await {
             Ok(Ok(x)) => break x,
             // 1011: reconnect with backoff, as the protocol asks clients to.
             Ok(Err(SessionError::Closed(1011))) if attempt < START_RETRIES => {
@@ -159,26 +179,50 @@ pub async fn run_otako(
             }
         }
     };
+    *s.cursor.lock() = r.cursor;
     tally.held.fetch_add(1, Ordering::Relaxed);
     let _ = ready.send(Ok(()));
-    let why = otako_loop(&mut conn, interval, tally, &stop).await;
+    let mut seen = Seen::new(s.cursor, None);
+    hold(&mut conn, r.interval, tally, &stop, &mut seen).await;
+}
+
+/// Runs a session that has its READY until `stop`, the server closes it,
+/// or it fails, counting it as held meanwhile; returns why it ended.
+pub async fn hold(
+    conn: &mut WsConn,
+    interval: Duration,
+    tally: &Tally,
+    stop: &CancellationToken,
+    seen: &mut Seen,
+) -> String {
+    let why = otako_loop(conn, interval, tally, stop, seen).await;
     tally.held.fetch_sub(1, Ordering::Relaxed);
     if stop.is_cancelled() {
         conn.close(1000).await;
     }
-    tally.ended(why);
+    tally.ended(why.clone());
+    why
 }
 
-/// Upgrade, HELLO, READY; returns the heartbeat interval.
-async fn otako_start(s: &OtakoSession) -> Result<(WsConn, Duration), SessionError> {
+/// Upgrade (with the cursor to resume from, if any), HELLO, READY.
+pub async fn otako_start(
+    s: &OtakoSession,
+    resume: Option<&str>,
+) -> Result<(WsConn, Ready), SessionError> {
+    // A cursor is made of URL-safe characters only (A-Z a-z 0-9 . _ ~ -).
+    let path = match resume {
+        Some(c) => format!("/gateway?resume={c}"),
+        None => "/gateway".to_owned(),
+    };
     let mut conn = wsclient::connect(&Upgrade {
         addr: s.addr,
         bind: s.bind,
-        path: "/gateway",
+        path: &path,
         headers: &[("Authorization", &s.token)],
     })
     .await?;
-    let mut interval = None;
+    let upgraded_us = latency::now_us();
+    let mut hello = None;
     loop {
         let f = next_frame(&mut conn).await?;
         match f.opcode {
@@ -190,16 +234,43 @@ async fn otako_start(s: &OtakoSession) -> Result<(WsConn, Duration), SessionErro
             .map_err(|_| SessionError::Unexpected("not JSON".into()))?;
         match (v["op"].as_u64(), v["t"].as_str()) {
             (Some(10), _) => {
-                interval = v["d"]["heartbeat_interval"]
+                hello = v["d"]["heartbeat_interval"]
                     .as_u64()
-                    .map(Duration::from_millis);
+                    .map(|ms| (Duration::from_millis(ms), latency::now_us()));
             }
             (Some(0), Some("READY")) => {
-                let interval =
-                    interval.ok_or(SessionError::Unexpected("READY before HELLO".into()))?;
-                return Ok((conn, interval));
+                let (interval, hello_us) =
+                    hello.ok_or(SessionError::Unexpected("READY before HELLO".into()))?;
+                let ready = Ready {
+                    interval,
+                    cursor: v["d"]["cursor"].as_str().unwrap_or_default().to_owned(),
+                    resumed: v["d"]["resumed"].as_bool().unwrap_or(false),
+                    upgraded_us,
+                    hello_us,
+                    ready_us: latency::now_us(),
+                };
+                return Ok((conn, ready));
             }
             _ => return Err(SessionError::Unexpected(v.to_string())),
+        }
+    }
+}
+
+/// What a session keeps of the frames it received.
+pub struct Seen {
+    /// The `s` of the last dispatch, for heartbeats.
+    last_s: u64,
+    cursor: CursorSlot,
+    /// A resumed session still counting the events it missed.
+    catch_up: Option<CatchUp>,
+}
+
+impl Seen {
+    pub fn new(cursor: CursorSlot, catch_up: Option<CatchUp>) -> Seen {
+        Seen {
+            last_s: 1,
+            cursor,
+            catch_up,
         }
     }
 }
@@ -210,11 +281,25 @@ async fn otako_loop(
     interval: Duration,
     tally: &Tally,
     stop: &CancellationToken,
+    seen: &mut Seen,
 ) -> String {
     // The first heartbeat waits interval × random(0..1), as clients should.
     let mut next_beat = Instant::now() + interval.mul_f64(rand::random::<f64>());
-    let mut last_s: u64 = 1;
     loop {
+        // What is in the buffer first: frames that came in the same read
+        // as READY (a resume's replay follows it at once) wait there, and
+        // the socket may have nothing more to say for a while.
+        loop {
+            match conn.next_frame() {
+                Ok(Some(f)) => {
+                    if let Err(e) = otako_frame(conn, &f, seen, tally).await {
+                        return e.label();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return SessionError::from(e).label(),
+            }
+        }
         tokio::select! {
             biased;
             _ = stop.cancelled() => return "closed by the bench".into(),
@@ -222,21 +307,10 @@ async fn otako_loop(
                 if let Err(e) = r {
                     return SessionError::from(e).label();
                 }
-                loop {
-                    match conn.next_frame() {
-                        Ok(Some(f)) => {
-                            if let Err(e) = otako_frame(conn, &f, &mut last_s, tally).await {
-                                return e.label();
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => return SessionError::from(e).label(),
-                    }
-                }
             }
             _ = sleep_until(next_beat) => {
                 next_beat += interval;
-                let beat = format!("{{\"op\":1,\"d\":{last_s}}}");
+                let beat = format!("{{\"op\":1,\"d\":{}}}", seen.last_s);
                 if let Err(e) = conn.send(Opcode::Text, beat.as_bytes()).await {
                     return SessionError::from(e).label();
                 }
@@ -247,26 +321,36 @@ async fn otako_loop(
 
 const DISPATCH_PREFIX: &[u8] = br#"{"op":0,"t":"EVENT_"#;
 const CONTENT_KEY: &str = r#""content":""#;
+const CURSOR_KEY: &str = r#""cursor":""#;
 
 async fn otako_frame(
     conn: &mut WsConn,
     f: &Frame,
-    last_s: &mut u64,
+    seen: &mut Seen,
     tally: &Tally,
 ) -> Result<(), SessionError> {
     match f.opcode {
         Opcode::Text if f.payload.starts_with(DISPATCH_PREFIX) => {
             let text = std::str::from_utf8(&f.payload)
                 .map_err(|_| SessionError::Unexpected("dispatch is not UTF-8".into()))?;
-            if let Some(s) = text
-                .find(r#""s":"#)
-                .and_then(|i| leading_number(&text[i + 4..]))
-            {
-                *last_s = s;
+            // `s` comes first and `cursor` right after it, so neither search
+            // reads far into the frame.
+            let after_s = text.find(r#""s":"#).map_or(0, |i| i + 4);
+            if let Some(s) = leading_number(&text[after_s..]) {
+                seen.last_s = s;
+            }
+            let cursor = quoted_after(&text[after_s..], CURSOR_KEY);
+            if let Some(c) = cursor {
+                let mut slot = seen.cursor.lock();
+                slot.clear();
+                slot.push_str(c);
             }
             let stamp = text
                 .find(CONTENT_KEY)
                 .and_then(|i| latency::parse_stamp(&f.payload[i + CONTENT_KEY.len()..]));
+            if let Some(c) = &mut seen.catch_up {
+                c.event(cursor, stamp);
+            }
             tally.delivered(stamp);
             Ok(())
         }
@@ -276,6 +360,13 @@ async fn otako_frame(
         Opcode::Close => Err(SessionError::Closed(f.close_code().unwrap_or(1005))),
         Opcode::Continuation => Err(SessionError::Unexpected("stray continuation".into())),
     }
+}
+
+/// The string value that follows `key` (which ends with the opening quote).
+fn quoted_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let start = text.find(key)? + key.len();
+    let len = text[start..].find('"')?;
+    Some(&text[start..start + len])
 }
 
 fn leading_number(s: &str) -> Option<u64> {
@@ -422,5 +513,8 @@ mod tests {
     fn numbers_after_keys() {
         assert_eq!(leading_number("42,\"d\""), Some(42));
         assert_eq!(leading_number("x"), None);
+        let frame = r#"{"op":0,"t":"EVENT_MESSAGE_CREATE","s":42,"cursor":"ep.9","d":{}}"#;
+        assert_eq!(quoted_after(frame, CURSOR_KEY), Some("ep.9"));
+        assert_eq!(quoted_after(r#"{"s":3,"d":{}}"#, CURSOR_KEY), None);
     }
 }

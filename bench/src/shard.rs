@@ -3,9 +3,11 @@
 //! One process holds at most what its open-files limit allows, so a large
 //! run uses several.
 
-use crate::control::{Command, Reply, SessionSpec, System};
-use crate::sessions::{self, OtakoSession, PeerSession, Tally};
+use crate::control::{Command, Reply, ResumeOutcome, SessionSpec, System};
+use crate::resuming::{self, Record};
+use crate::sessions::{self, CursorSlot, OtakoSession, PeerSession, Tally};
 use otako_common::token::{Claims, TokenKey};
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -44,7 +46,10 @@ struct Shard {
     stop: CancellationToken,
     tasks: JoinSet<()>,
     /// Next session of the list to open, per system.
-    cursor: BTreeMap<&'static str, usize>,
+    next: BTreeMap<&'static str, usize>,
+    /// Each Otako session opened so far (its place in the list) and its
+    /// last cursor, which outlives the session for a resume.
+    cursors: Vec<(usize, CursorSlot)>,
 }
 
 /// Serves commands from stdin until `quit` or end of input.
@@ -56,7 +61,8 @@ pub async fn serve_stdio() -> Result<(), ShardError> {
         tally: Arc::new(Tally::default()),
         stop: CancellationToken::new(),
         tasks: JoinSet::new(),
-        cursor: BTreeMap::new(),
+        next: BTreeMap::new(),
+        cursors: Vec::new(),
     };
     while let Some(line) = lines.next_line().await? {
         let cmd: Command =
@@ -145,8 +151,81 @@ impl Shard {
                 self.stop = CancellationToken::new();
                 Reply::Ok
             }
+            Command::Drop => {
+                // Aborting a task drops its socket unsent-to: the kernel
+                // closes it, and the server sees the connection end without
+                // a close frame. Aborted tasks do not count themselves out.
+                self.tasks.abort_all();
+                while self.tasks.join_next().await.is_some() {}
+                self.tally.held.store(0, Ordering::Relaxed);
+                Reply::Ok
+            }
+            Command::Storm {
+                start_us,
+                since_us,
+                gap_events,
+                timeout_ms,
+            } => self
+                .storm(
+                    resuming::Storm {
+                        start_us,
+                        since_us,
+                        deadline: tokio::time::Instant::now() + Duration::from_millis(timeout_ms),
+                    },
+                    gap_events,
+                )
+                .await
+                .unwrap_or_else(|message| Reply::Error { message }),
             Command::Quit => Reply::Ok,
         }
+    }
+
+    /// Starts every dropped session again at once, each from its cursor,
+    /// and waits until each has an outcome (or the storm's deadline).
+    async fn storm(&mut self, storm: resuming::Storm, gap_events: u32) -> Result<Reply, String> {
+        let setup = self.setup.as_ref().ok_or("init first")?;
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        let expires_at = chrono::Utc::now().timestamp() + TOKEN_TTL_SECS;
+        let mut records = Vec::with_capacity(self.cursors.len());
+        for (at, cursor) in &self.cursors {
+            // A session that never had READY has nothing to resume from.
+            if cursor.lock().is_empty() {
+                continue;
+            }
+            let spec = &setup.sessions[*at];
+            let expected = gap_events * spec.channels.len() as u32;
+            let record = Arc::new(Mutex::new(Record::new(
+                spec.index,
+                expected,
+                done_tx.clone(),
+            )));
+            records.push(record.clone());
+            let s = otako_session(setup, spec, cursor.clone(), expires_at);
+            let (tally, stop) = (self.tally.clone(), self.stop.clone());
+            self.tasks.spawn(async move {
+                resuming::run(s, storm, &tally, stop, record).await;
+            });
+        }
+        drop(done_tx);
+        let all_done = async {
+            for _ in 0..records.len() {
+                if done.recv().await.is_none() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(storm.deadline, all_done).await;
+        let sessions: Vec<ResumeOutcome> = records
+            .iter()
+            .map(|r| {
+                let mut o = r.lock().outcome.clone();
+                if o.live_us.is_none() && o.resumed != Some(false) && o.failed.is_none() {
+                    o.failed = Some("not live by the deadline".into());
+                }
+                o
+            })
+            .collect();
+        Ok(Reply::Stormed { sessions })
     }
 
     async fn open(
@@ -157,31 +236,22 @@ impl Shard {
         ready_timeout: Duration,
     ) -> Result<Reply, String> {
         let setup = self.setup.as_ref().ok_or("init first")?;
-        let from = *self.cursor.get(system.label()).unwrap_or(&0);
+        let from = *self.next.get(system.label()).unwrap_or(&0);
         let to = (from + count).min(setup.sessions.len());
-        self.cursor.insert(system.label(), to);
+        self.next.insert(system.label(), to);
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut waits = Vec::with_capacity(to - from);
         let expires_at = chrono::Utc::now().timestamp() + TOKEN_TTL_SECS;
-        for spec in &setup.sessions[from..to] {
+        for (at, spec) in setup.sessions.iter().enumerate().take(to).skip(from) {
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let (tx, rx) = oneshot::channel();
             let (tally, stop) = (self.tally.clone(), self.stop.clone());
             let bind = sessions::source_address(spec.index);
             match system {
                 System::Otako => {
-                    let username = format!("{}{}", setup.username_prefix, spec.index);
-                    let token = setup.key.sign(&Claims {
-                        user_id: spec.user_id,
-                        username,
-                        generation: 0,
-                        expires_at,
-                    });
-                    let s = OtakoSession {
-                        addr: setup.gateways[spec.gateway as usize % setup.gateways.len()],
-                        bind,
-                        token,
-                    };
+                    let cursor = CursorSlot::default();
+                    self.cursors.push((at, cursor.clone()));
+                    let s = otako_session(setup, spec, cursor, expires_at);
                     self.tasks.spawn(async move {
                         sessions::run_otako(s, &tally, stop, tx, ready_timeout).await;
                     });
@@ -222,6 +292,28 @@ impl Shard {
             held: self.tally.held.load(Ordering::Relaxed),
             errors,
         })
+    }
+}
+
+/// Session `spec` of the list, with a fresh token.
+fn otako_session(
+    setup: &Setup,
+    spec: &SessionSpec,
+    cursor: CursorSlot,
+    expires_at: i64,
+) -> OtakoSession {
+    let username = format!("{}{}", setup.username_prefix, spec.index);
+    let token = setup.key.sign(&Claims {
+        user_id: spec.user_id,
+        username,
+        generation: 0,
+        expires_at,
+    });
+    OtakoSession {
+        addr: setup.gateways[spec.gateway as usize % setup.gateways.len()],
+        bind: sessions::source_address(spec.index),
+        token,
+        cursor,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Paths {
 pub struct Endpoints {
     pub gateways: Vec<SocketAddr>,
     pub gateway_pids: Vec<u32>,
+    /// The nodes' admin listeners (`/metrics`), when known.
+    pub gateway_admins: Vec<SocketAddr>,
     pub database_url: String,
     pub nats_url: String,
     /// The stack's nats-server, when known (its CPU is reported too).
@@ -164,10 +166,14 @@ pub fn nats_server_binary(root: &Path) -> PathBuf {
 impl OwnStack {
     /// Starts PostgreSQL (shared, idempotent), a fresh database, NATS with
     /// JetStream, `nodes` gateway nodes and, if asked, the backend.
+    /// `max_consumers` sets NATS's `default_max_consumers` (consumers per
+    /// stream that sets no limit of its own; -1 for none); without it the
+    /// server keeps its default (1,000 since nats-server 2.15).
     pub async fn start(
         paths: &Paths,
         (nodes, threads): (usize, usize),
         backend: bool,
+        max_consumers: Option<i64>,
         secret: &str,
         run_id: &str,
     ) -> Result<(OwnStack, Endpoints), StackError> {
@@ -203,6 +209,19 @@ impl OwnStack {
         let nats_port = port()?;
         let store = paths.run_dir.join("nats");
         let nats_script = paths.root.join("deploy/scripts/nats.sh");
+        // nats.sh reads a configuration file first when OTAKO_NATS_CONFIG
+        // names one; its flags still set the port and the store.
+        let mut nats_env = Vec::new();
+        if let Some(n) = max_consumers {
+            let conf = paths.run_dir.join("nats-limits.conf");
+            let text =
+                format!("jetstream {{\n  limits {{\n    default_max_consumers: {n}\n  }}\n}}\n");
+            std::fs::write(&conf, text).map_err(|source| StackError::Io {
+                what: conf.display().to_string(),
+                source,
+            })?;
+            nats_env.push(("OTAKO_NATS_CONFIG", conf.display().to_string()));
+        }
         let mut nats = Proc::spawn(
             "nats",
             "bash",
@@ -211,7 +230,7 @@ impl OwnStack {
                 &nats_port.to_string(),
                 &store.to_string_lossy(),
             ],
-            &[],
+            &nats_env,
             &logs.join("nats.log"),
         )?;
         wait_ready(&mut nats, || tcp_open(loopback(nats_port))).await?;
@@ -293,6 +312,7 @@ impl OwnStack {
         };
         let endpoints = Endpoints {
             gateway_pids: gateways.iter().map(Proc::pid).collect(),
+            gateway_admins: admins,
             gateways: ws_addrs,
             database_url,
             nats_pid: Some(nats.pid()),

@@ -115,6 +115,29 @@ pub fn evaluate(r: &Report) -> Vec<TargetCheck> {
                 ));
             }
         }
+        Scenario::Storm => {
+            if let Some(st) = &r.storm {
+                out.push(check(
+                    "sessions live again (resumed, every missed event in)",
+                    &st.sessions.to_string(),
+                    st.live.to_string(),
+                    st.sessions > 0 && st.live == st.sessions,
+                ));
+                out.push(check(
+                    "sessions told resumed:false",
+                    "0",
+                    st.resumed_false.to_string(),
+                    st.resumed_false == 0,
+                ));
+                let wrong = st.replay_expected.saturating_sub(st.replayed) + st.repeated;
+                out.push(check(
+                    "missed events lost or repeated",
+                    "0",
+                    wrong.to_string(),
+                    wrong == 0,
+                ));
+            }
+        }
         Scenario::Smoke => out.push(check(
             "sessions held",
             &r.plan.sessions.to_string(),

@@ -4,8 +4,13 @@
 # nodes, backend if needed, and nats-server's WebSocket listener as the
 # peer), measures, prints a table and writes report.json and report.png.
 #
-#   deploy/scripts/bench.sh idle|nodes|fanout|latency|latency-http|smoke [flags]
+#   deploy/scripts/bench.sh idle|nodes|fanout|latency|latency-http|storm|smoke [flags]
 #   deploy/scripts/bench.sh all          every scenario but smoke, in turn
+#
+# storm: 10,000 sessions on one node drop at once and all resume together
+# (time until all are live again, retries, resumed:false, the node's peak
+# RSS and CPU); about half a minute. `--nats-max-consumers -1` lifts
+# nats-server's default of 1,000 consumers per stream (see BENCHMARKS.md).
 #
 # Results go to docs/bench/<scenario>/ (OTAKO_BENCH_OUT overrides the
 # folder); any further flags go to `otako-bench run` (see its --help), e.g.
@@ -15,8 +20,8 @@ cd "$OTAKO_ROOT"
 
 scenario="${1:-}"
 case "$scenario" in
-  idle|nodes|fanout|latency|latency-http|smoke|all) shift ;;
-  *) echo "usage: $0 idle|nodes|fanout|latency|latency-http|smoke|all [otako-bench run flags]" >&2; exit 2 ;;
+  idle|nodes|fanout|latency|latency-http|storm|smoke|all) shift ;;
+  *) echo "usage: $0 idle|nodes|fanout|latency|latency-http|storm|smoke|all [otako-bench run flags]" >&2; exit 2 ;;
 esac
 
 log "building release binaries (otako-gateway, otako-backend-shim, otako-bench)"
@@ -31,7 +36,7 @@ run_one() {
 }
 
 if [ "$scenario" = all ]; then
-  for s in idle fanout latency latency-http nodes; do
+  for s in idle fanout latency latency-http nodes storm; do
     OTAKO_BENCH_OUT="${OTAKO_BENCH_OUT:+$OTAKO_BENCH_OUT/$s}" run_one "$s" "$@"
   done
 else
