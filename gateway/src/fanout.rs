@@ -540,4 +540,24 @@ mod tests {
         assert_eq!(on_time.handle.kicked(), None);
         assert_eq!(loading.handle.kicked(), None, "not ready yet: no deadline");
     }
+
+    #[test]
+    fn the_sweep_leaves_a_session_stuck_writing_to_the_write_timeout() {
+        // Its client's heartbeats wait unread behind the write: the session
+        // is too slow (4011, from the write timeout or the queue's limit),
+        // not silent (4009).
+        let hub = Hub::new(8, 0);
+        let stuck = session(&hub, 1, 10);
+        hub.join_channels(&stuck.handle, &[5]);
+        stuck.handle.heartbeat_due_within(Duration::ZERO);
+        hub.deliver(to(EventType::MessageCreate, 5, None), frame(1));
+        std::thread::sleep(Duration::from_millis(5));
+        let now_ms = crate::clock::now_ms();
+        assert_eq!(hub.kick_overdue(now_ms, 0), 0);
+        assert_eq!(stuck.handle.kicked(), None);
+        // Once its queue is written out, a late heartbeat is late again.
+        taken(&stuck);
+        assert_eq!(hub.kick_overdue(now_ms, 0), 1);
+        assert_eq!(stuck.handle.kicked(), Some(CloseCode::HeartbeatTimeout));
+    }
 }

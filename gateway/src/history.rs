@@ -34,7 +34,7 @@ use otako_common::proto::COMMITTED_AT_HEADER;
 use otako_common::telemetry;
 use serde_json::value::RawValue;
 use std::time::Duration;
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 /// How far a stored event's signing time may be from the time the stream
 /// stored it. An event is signed right before it is appended, so only clock
@@ -106,6 +106,9 @@ pub struct Stored {
     pub frame: Frame,
 }
 
+/// The history stream's consumer limit (see `History::open`).
+const MAX_CONSUMERS: i32 = 10_000;
+
 pub struct History {
     js: jetstream::Context,
     stream: stream::Stream,
@@ -130,6 +133,11 @@ impl History {
             num_replicas: limits.replicas,
             storage: stream::StorageType::File,
             allow_direct: true,
+            // Consumers of this stream: one per node that follows it, and
+            // one or two per resume while it reads (deleted after). nats-server
+            // 2.15 caps a stream that sets none at 1,000, which a cluster's
+            // reconnect storm reaches (64 concurrent starts per node).
+            max_consumers: MAX_CONSUMERS,
             ..Default::default()
         };
         let mut stream = js
@@ -458,7 +466,7 @@ impl History {
         } else {
             filters
         };
-        let mut consumer = self
+        let consumer = self
             .stream
             .create_consumer(pull::OrderedConfig {
                 filter_subjects: filters,
@@ -469,11 +477,16 @@ impl History {
             })
             .await
             .map_err(|e| HistoryError::Read(e.to_string()))?;
-        let pending = consumer
-            .info()
-            .await
-            .map_err(|e| HistoryError::Read(e.to_string()))?
-            .num_pending;
+        // The consumer lives for this read only: deleted when it ends, it
+        // does not hold one of the stream's consumer places for the 30 s
+        // an idle ordered consumer otherwise stays (10,000 resumes in a
+        // storm would take them all).
+        let _delete = DeleteConsumer {
+            stream: self.stream.clone(),
+            name: consumer.cached_info().name.clone(),
+        };
+        // The answer to the create already counts what the read will find.
+        let pending = consumer.cached_info().num_pending;
         let mut out = Vec::new();
         if pending == 0 {
             return Ok(Some(out));
@@ -486,6 +499,13 @@ impl History {
             let msg = next.map_err(|e| HistoryError::Read(e.to_string()))?;
             let info = msg.info().map_err(|e| HistoryError::Read(e.to_string()))?;
             let (seq, left) = (info.stream_sequence, info.pending);
+            // An ordered consumer that async-nats makes again before it
+            // delivered anything (a missed heartbeat, a server change)
+            // starts over from the stream's first event: what precedes the
+            // range is not the reader's.
+            if seq <= after {
+                continue;
+            }
             if seq > through {
                 break;
             }
@@ -503,6 +523,25 @@ impl History {
             }
         }
         Ok(Some(out))
+    }
+}
+
+/// Deletes a read's consumer when the read ends, however it ends (a
+/// timeout drops the read mid-way); the delete runs in the background so
+/// the session start does not wait for it.
+struct DeleteConsumer {
+    stream: stream::Stream,
+    name: String,
+}
+
+impl Drop for DeleteConsumer {
+    fn drop(&mut self) {
+        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.name));
+        tokio::spawn(async move {
+            if let Err(e) = stream.delete_consumer(&name).await {
+                debug!(error = %e, consumer = name, "could not delete a history read's consumer");
+            }
+        });
     }
 }
 

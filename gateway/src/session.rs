@@ -19,9 +19,10 @@ use crate::fanout::Registration;
 use crate::frame::Frame;
 use crate::handle::SessionHandle;
 use crate::heartbeat::{self, Beat, BeatWindow};
+use crate::history::HistoryError;
 use crate::limit::Lease;
 use crate::node::Node;
-use crate::resume::{self, Seam};
+use crate::resume::{self, NotResumed, Seam};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use otako_common::client_frame::is_heartbeat;
@@ -307,7 +308,10 @@ impl Session {
             channels: &joined,
             bounds,
         };
-        let outcome = self.resume_from(resume, claims.user_id, seam).await;
+        let outcome = match self.resume_from(resume, claims.user_id, seam).await {
+            Ok(outcome) => outcome,
+            Err(close) => return Err(self.end(close).await),
+        };
         let channels: Vec<String> = node
             .hub
             .channels_of(id)
@@ -378,10 +382,7 @@ impl Session {
         start: &db::SessionStart,
         user_id: i64,
     ) -> Result<(Vec<i64>, (u64, u64)), Close> {
-        let later = |why: &str| {
-            metrics::counter!("otako_session_starts_refused_total").increment(1);
-            Close::with_reason(CloseCode::TryAgainLater, why.to_owned())
-        };
+        let later = try_again_later;
         let timed_out = || later("event history timed out, reconnect later");
         let in_history = timeout(
             START_HISTORY_TIMEOUT,
@@ -405,7 +406,15 @@ impl Session {
     }
 
     /// Replays what a resuming session missed, or says why it starts fresh.
-    async fn resume_from(&self, cursor: Option<String>, user_id: i64, seam: Seam<'_>) -> Resumed {
+    /// A history that cannot be read now is no reason to start fresh (the
+    /// client would refetch over HTTP what a retry replays): the client is
+    /// told to come back (1013) and resume then.
+    async fn resume_from(
+        &self,
+        cursor: Option<String>,
+        user_id: i64,
+        seam: Seam<'_>,
+    ) -> Result<Resumed, Close> {
         let history = &self.node.history;
         let fresh = Resumed {
             resumed: false,
@@ -417,23 +426,31 @@ impl Session {
             floor: seam.seq,
         };
         let Some(cursor) = cursor else {
-            return fresh;
+            return Ok(fresh);
         };
         let seam_seq = seam.seq;
         match resume::replay(history, &cursor, user_id, seam, self.node.resume).await {
             Ok(replay) => {
                 metrics::counter!("otako_resumes_total", "outcome" => "resumed").increment(1);
-                Resumed {
+                Ok(Resumed {
                     resumed: true,
                     floor: replay.cursor.seq.max(seam_seq),
                     cursor: replay.cursor.to_string(),
                     replay: replay.frames,
-                }
+                })
             }
             Err(why) => {
                 metrics::counter!("otako_resumes_total", "outcome" => why.label()).increment(1);
+                // A read that ran out of time is the replay's bound (a gap
+                // too long to read): that one starts fresh, or it would
+                // come back to the same bound.
+                let passing = matches!(&why, NotResumed::History(e) if !matches!(e, HistoryError::ReadTimeout));
+                if let (true, NotResumed::History(e)) = (passing, &why) {
+                    warn!(session = %self.session_id, error = %e, "could not read the history for a resume");
+                    return Err(try_again_later("event history unavailable, resume later"));
+                }
                 debug!(session = %self.session_id, reason = %why, "not resumed");
-                fresh
+                Ok(fresh)
             }
         }
     }
@@ -603,6 +620,13 @@ impl Session {
 }
 
 /// Sends a close frame, giving a client that does not read a short grace.
+/// A 1013 close: the start cannot go on now, and the client comes back
+/// after a backoff (docs/protocol.md).
+fn try_again_later(why: &str) -> Close {
+    metrics::counter!("otako_session_starts_refused_total").increment(1);
+    Close::with_reason(CloseCode::TryAgainLater, why.to_owned())
+}
+
 async fn send_close(ws: &mut Ws, close: &Close) {
     let frame = CloseFrame {
         code: WsCloseCode::from(close.code.code()),
