@@ -39,6 +39,12 @@ pub struct Args {
     #[arg(long, env = "OTAKO_DISPATCH_BACKOFF_MS", default_value_t = 250)]
     pub dispatch_backoff_ms: u64,
 
+    /// How long a replica's hold on a channel's outbox lasts without
+    /// renewal: a replica that dies hands its channels to the others within
+    /// this plus one outbox poll (milliseconds).
+    #[arg(long, env = "OTAKO_OUTBOX_LEASE_MS", default_value_t = 5_000)]
+    pub outbox_lease_ms: u64,
+
     /// How often the gateways are pinged ($SRV.PING.otako-gateway).
     #[arg(long, env = "OTAKO_PING_INTERVAL_MS", default_value_t = 5000)]
     pub ping_interval_ms: u64,
@@ -98,6 +104,10 @@ impl Args {
 
     pub fn dispatch_backoff(&self) -> Duration {
         Duration::from_millis(self.dispatch_backoff_ms)
+    }
+
+    pub fn outbox_lease(&self) -> Duration {
+        Duration::from_millis(self.outbox_lease_ms.max(300))
     }
 
     pub fn limits(&self) -> Limits {

@@ -5,6 +5,7 @@ mod auth;
 mod config;
 mod error;
 mod health;
+mod lease;
 mod limits;
 mod outbox;
 mod state;
@@ -69,6 +70,15 @@ async fn main() -> anyhow::Result<()> {
             backoff: args.dispatch_backoff(),
         },
         gateways.clone(),
+        lease::Leases::new(
+            pool.clone(),
+            format!(
+                "backend-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            args.outbox_lease(),
+        ),
     );
     let stats = dispatcher.stats.clone();
     let state = AppState {

@@ -21,6 +21,7 @@
 //! unsigned, forged or stale reply is counted, logged once per kind, and
 //! retried without spending an attempt.
 
+use crate::lease::Leases;
 use async_nats::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -32,7 +33,7 @@ use otako_common::telemetry;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -137,6 +138,8 @@ pub struct Dispatcher {
     /// of a backoff that doubled while the cluster recovered (a history
     /// leader's election takes about 6 s; the backoff reaches 30 s).
     answered: Arc<Notify>,
+    /// Which channels this replica may send (see `lease.rs`).
+    leases: Leases,
 }
 
 impl Dispatcher {
@@ -146,6 +149,7 @@ impl Dispatcher {
         bus_key: BusKey,
         policy: Policy,
         gateways: watch::Receiver<PeerStatus>,
+        leases: Leases,
     ) -> Dispatcher {
         Dispatcher {
             pool,
@@ -159,6 +163,7 @@ impl Dispatcher {
             stats: Arc::default(),
             rejections_logged: Arc::default(),
             answered: Arc::default(),
+            leases,
         }
     }
 
@@ -182,13 +187,19 @@ impl Dispatcher {
     pub async fn run(self, wake: Arc<Notify>) {
         let active: Arc<Mutex<HashSet<i64>>> = Arc::default();
         loop {
-            // Channels with an event that is due; a worker that finds its
-            // head event still backing off waits for it (see work_channel).
+            // Channels with an event that is due and no other replica's
+            // live lease; a worker that finds its head event still backing
+            // off waits for it (see work_channel).
             let channels: Result<Vec<i64>, _> = sqlx::query_scalar(
-                "SELECT DISTINCT channel_id FROM outbox \
-                 WHERE status = 'pending' AND next_attempt_at <= now() LIMIT $1",
+                "SELECT DISTINCT o.channel_id FROM outbox o \
+                 WHERE o.status = 'pending' AND o.next_attempt_at <= now() \
+                   AND NOT EXISTS (SELECT 1 FROM outbox_leases l \
+                       WHERE l.channel_id = o.channel_id AND l.holder <> $2 \
+                         AND l.expires_at > now()) \
+                 LIMIT $1",
             )
             .bind(MAX_CHANNELS_PER_POLL)
+            .bind(self.leases.holder())
             .fetch_all(&self.pool)
             .await;
             match channels {
@@ -214,15 +225,43 @@ impl Dispatcher {
     }
 
     /// Sends one channel's pending events, oldest first, one at a time, until
-    /// none is left. Writes to a channel are serialised ([`lock_channel`]), so
-    /// id order is commit order and a late commit always sorts last.
+    /// none is left, while this replica holds the channel's lease. Writes to a
+    /// channel are serialised ([`lock_channel`]), so id order is commit order
+    /// and a late commit always sorts last.
     async fn work_channel(
         self,
         channel_id: i64,
         active: Arc<Mutex<HashSet<i64>>>,
         wake: Arc<Notify>,
     ) {
+        let held = match self.leases.take(channel_id).await {
+            Ok(held) => held,
+            Err(e) => {
+                warn!(error = %e, channel_id, "could not take the channel's lease; retrying");
+                false
+            }
+        };
+        if !held {
+            // Another replica sends this channel's events.
+            active.lock().expect("not poisoned").remove(&channel_id);
+            return;
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewing = RenewWhileWorking(tokio::spawn(renew(
+            self.leases.clone(),
+            channel_id,
+            lost.clone(),
+        )));
         loop {
+            if lost.load(Ordering::Acquire) {
+                // Taken over after this replica could not renew in time: the
+                // new holder starts at the oldest pending event.
+                warn!(
+                    channel_id,
+                    "lost the channel's lease; another replica sends it"
+                );
+                break;
+            }
             let next: Result<Option<Pending>, _> = sqlx::query_as(
                 "SELECT id, event_type, channel_id, data, traceparent, attempts, created_at, \
                         EXTRACT(EPOCH FROM next_attempt_at - now())::float8 AS due_in_secs \
@@ -240,7 +279,7 @@ impl Dispatcher {
                         let wait = Duration::from_secs_f64(event.due_in_secs.min(3600.0));
                         tokio::time::sleep(wait).await;
                     }
-                    self.deliver(event).await
+                    self.deliver(event, &lost).await
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -249,17 +288,30 @@ impl Dispatcher {
                 }
             }
         }
+        drop(renewing);
+        if !lost.load(Ordering::Acquire) {
+            if let Err(e) = self.leases.give_back(channel_id).await {
+                // It runs out by itself within the TTL.
+                warn!(error = %e, channel_id, "could not give the channel's lease back");
+            }
+        }
         active.lock().expect("not poisoned").remove(&channel_id);
         // An event committed while this worker was finishing is picked up by
         // the next poll; ask for it now rather than at the next tick.
         wake.notify_one();
     }
 
-    /// Sends one event until it is acknowledged or out of attempts.
-    async fn deliver(&self, event: Pending) {
+    /// Sends one event until it is acknowledged or out of attempts, or the
+    /// channel's lease is `lost` (its new holder sends the event then). An
+    /// outcome is recorded only on a pending row: the first replica to
+    /// finish an event decides it.
+    async fn deliver(&self, event: Pending, lost: &AtomicBool) {
         let mut attempts = event.attempts.max(0) as u32;
         let mut last_error = String::new();
         while attempts < self.policy.max_attempts {
+            if lost.load(Ordering::Acquire) {
+                return;
+            }
             self.wait_for_gateway().await;
             let span = info_span!(
                 "outbox.dispatch",
@@ -446,7 +498,8 @@ impl Dispatcher {
         retry_db(|| {
             sqlx::query(
                 "UPDATE outbox SET attempts = $2, last_error = $3, \
-                 next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
+                 next_attempt_at = now() + make_interval(secs => $4) \
+                 WHERE id = $1 AND status = 'pending'",
             )
             .bind(id)
             .bind(attempts as i32)
@@ -461,7 +514,7 @@ impl Dispatcher {
         retry_db(|| {
             sqlx::query(
                 "UPDATE outbox SET status = $2, attempts = $3, last_error = COALESCE($4, last_error), \
-                 finished_at = now() WHERE id = $1",
+                 finished_at = now() WHERE id = $1 AND status = 'pending'",
             )
             .bind(id)
             .bind(status)
@@ -504,6 +557,35 @@ impl AttemptError {
     /// No answer at all (as opposed to an answer that said no).
     fn unanswered(&self) -> bool {
         matches!(self, AttemptError::Timeout | AttemptError::Disconnected)
+    }
+}
+
+/// Renews a channel's lease every third of its TTL until aborted; sets
+/// `lost` once another replica holds it. A renewal that fails on a
+/// database fault is tried again at the next tick: nobody can take the
+/// lease while the database is down either.
+async fn renew(leases: Leases, channel_id: i64, lost: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(leases.ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match leases.take(channel_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) => warn!(error = %e, channel_id, "could not renew the channel's lease"),
+        }
+    }
+}
+
+/// Stops the renewal when the worker ends, however it ends.
+struct RenewWhileWorking(tokio::task::JoinHandle<()>);
+
+impl Drop for RenewWhileWorking {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -161,9 +161,9 @@ def test_every_manifest_matches_the_kubernetes_schema(values):
 @pytest.mark.parametrize(
     "values, gateway, backend",
     [
-        ({}, 2, 1),
+        ({}, 2, 2),
         ({"gateway": {"replicas": 4}, "backendShim": {"replicas": 3}}, 4, 3),
-        ({"gateway": {"replicas": 0}}, 0, 1),
+        ({"gateway": {"replicas": 0}}, 0, 2),
     ],
 )
 def test_replicas_follow_values(values, gateway, backend):

@@ -536,6 +536,21 @@ impl Stack {
     pub async fn start_backend(&mut self) {
         assert!(self.backend.is_none(), "the backend is already running");
         let addr: SocketAddr = ([127, 0, 0, 1], self.backend_port).into();
+        let backend = self.spawn_backend("backend", addr).await;
+        self.backend = Some(backend);
+        if self.api.is_none() {
+            self.api = Some(Api::new(format!("http://{addr}")));
+        }
+    }
+
+    /// Starts one more backend replica (same database and NATS, its own
+    /// port) and waits for `/healthz`; the caller holds it.
+    pub async fn start_backend_replica(&mut self, name: &str) -> Backend {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        self.spawn_backend(name, addr).await
+    }
+
+    async fn spawn_backend(&self, name: &str, addr: SocketAddr) -> Backend {
         let c = &self.backend_config;
         let mut env: Vec<(&str, String)> = vec![
             (
@@ -560,11 +575,11 @@ impl Stack {
         }
         env.extend(c.extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let mut proc = Proc::spawn(
-            "backend",
+            name,
             binary("otako-backend-shim"),
             &["--migrate"],
             &env,
-            &self.logs.join("backend.log"),
+            &self.logs.join(format!("{name}.log")),
         );
         let url = format!("http://{addr}/healthz");
         let http = reqwest::Client::new();
@@ -577,10 +592,7 @@ impl Stack {
             })
             .await;
         }
-        self.backend = Some(Backend { addr, proc });
-        if self.api.is_none() {
-            self.api = Some(Api::new(format!("http://{addr}")));
-        }
+        Backend { addr, proc }
     }
 
     /// SIGKILLs the backend (no graceful anything) and reaps it.
