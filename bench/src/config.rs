@@ -44,6 +44,9 @@ pub enum Scenario {
     Smoke,
     /// 10,000 sessions on one node drop at once and all resume together.
     Storm,
+    /// A fixed number of events to channels of 10 on one node run under
+    /// callgrind: instructions per event, not time.
+    Instructions,
 }
 
 impl Scenario {
@@ -56,6 +59,7 @@ impl Scenario {
             Scenario::LatencyHttp => "latency-http",
             Scenario::Smoke => "smoke",
             Scenario::Storm => "storm",
+            Scenario::Instructions => "instructions",
         }
     }
 }
@@ -126,6 +130,10 @@ pub struct RunArgs {
     /// which each resume then replays.
     #[arg(long)]
     pub gap_events: Option<usize>,
+    /// Instructions: events measured (sent one at a time, each delivered
+    /// before the next goes out).
+    #[arg(long)]
+    pub events: Option<usize>,
 
     /// Where report.json and report.png go (default target/otako-bench/<scenario>).
     #[arg(long)]

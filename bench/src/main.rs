@@ -1,5 +1,6 @@
 //! otako-bench: wires the modules together. See BENCHMARKS.md.
 
+mod callgrind;
 mod config;
 mod control;
 mod driver;

@@ -28,6 +28,8 @@ pub struct Plan {
     pub gap_events: usize,
     /// NATS's `default_max_consumers`, when the run sets it.
     pub nats_max_consumers: Option<i64>,
+    /// Instructions: events measured under callgrind.
+    pub events: usize,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -127,6 +129,20 @@ impl Plan {
                 false,
                 2,
             ),
+            // One node under callgrind holds 100 channels of 10; the
+            // events go out one at a time (see `callgrind.rs`), not by rate.
+            Instructions => (
+                1_000,
+                1,
+                Layout::Small(10),
+                Drive::None,
+                Rate::PerSecond(1.0),
+                0.0,
+                0.0,
+                &[],
+                false,
+                1,
+            ),
             Smoke => (
                 200,
                 2,
@@ -163,6 +179,10 @@ impl Plan {
             .max(1);
         let nodes = a.nodes.unwrap_or(nodes).max(1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Under callgrind one worker thread, as each latency node has on
+        // this machine: valgrind runs one thread at a time anyway, and a
+        // second worker only adds wake-ups that differ from run to run.
+        let default_threads = if s == Instructions { 1 } else { cores / nodes };
         let plan = Plan {
             scenario: s,
             sessions,
@@ -177,9 +197,10 @@ impl Plan {
             peer: a.peer.unwrap_or(peer),
             shards,
             connect_concurrency: a.connect_concurrency.max(1),
-            gateway_threads: a.gateway_threads.unwrap_or(cores / nodes).max(1),
+            gateway_threads: a.gateway_threads.unwrap_or(default_threads).max(1),
             gap_events: a.gap_events.unwrap_or(1),
             nats_max_consumers: a.nats_max_consumers,
+            events: a.events.unwrap_or(2_000).max(1),
         };
         if plan.sessions == 0 {
             return Err(PlanError::Invalid("--sessions must be at least 1".into()));

@@ -1,5 +1,6 @@
 //! What a run found: the JSON report, and the table printed at the end.
 
+use crate::callgrind::InstructionsResult;
 use crate::latency::{LatencySummary, SecondPoint};
 use crate::plan::Plan;
 use crate::procfs::Machine;
@@ -149,6 +150,9 @@ pub struct Report {
     /// The reconnect storm's figures (`storm` scenario only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormResult>,
+    /// Instructions per event under callgrind (`instructions` scenario only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<InstructionsResult>,
     pub targets: Vec<TargetCheck>,
     pub json: String,
     pub png: Option<String>,
@@ -209,6 +213,41 @@ fn spread(s: &Option<Spread>) -> String {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The instructions figure and the functions that cost most.
+fn instructions_table(out: &mut String, i: &InstructionsResult) {
+    let _ = writeln!(
+        out,
+        "instructions per event: {:.0} ({} events, {} ok, {} deliveries, {} stalled; \
+         {} Ir in {:.1} s, less {} Ir idle in {:.1} s; {:.0} before the idle is taken off)",
+        i.ir_per_event,
+        i.events,
+        i.events_ok,
+        i.deliveries,
+        i.stalls,
+        i.events_ir,
+        i.events_seconds,
+        i.idle_ir,
+        i.idle_seconds,
+        i.gross_ir_per_event
+    );
+    let _ = writeln!(
+        out,
+        "top {} functions by inclusive cost ({}):",
+        i.top.len(),
+        i.events_dump
+    );
+    for f in &i.top {
+        let _ = writeln!(
+            out,
+            "  {:>14} Ir  {:>9.0} per event  {:>5.1} %  {}",
+            f.inclusive_ir,
+            f.inclusive_ir as f64 / i.events.max(1) as f64,
+            100.0 * f.inclusive_ir as f64 / i.events_ir.max(1) as f64,
+            f.name
+        );
+    }
 }
 
 /// The storm's own rows, under the sessions' table.
@@ -445,6 +484,9 @@ pub fn table(r: &Report) -> String {
     }
     if let Some(st) = &r.storm {
         storm_table(&mut out, st);
+    }
+    if let Some(i) = &r.instructions {
+        instructions_table(&mut out, i);
     }
     if let Some(c) = &r.comparison {
         let _ = writeln!(

@@ -3,6 +3,7 @@
 //! the peer in turn: open the sessions (reading memory at each step), send
 //! messages and measure, close; then the report, its targets and its chart.
 
+use crate::callgrind::{self, CallgrindError, InstructionsResult, Wrapper};
 use crate::config::{Drive, RunArgs, Scenario};
 use crate::control::{Command, SessionSpec, System};
 use crate::driver::{ChannelTarget, Sender};
@@ -47,6 +48,8 @@ pub enum RunError {
     Report(#[from] report::ReportError),
     #[error(transparent)]
     Storm(#[from] StormError),
+    #[error(transparent)]
+    Callgrind(#[from] CallgrindError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -110,6 +113,18 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     if !external && !args.no_install {
         stack::install_deps(&paths.root).await?;
     }
+    let wrapper = if plan.scenario == Scenario::Instructions {
+        if external {
+            return Err(RunError::Usage(
+                "the instructions scenario starts its own node under callgrind".into(),
+            ));
+        }
+        let out_dir = paths.run_dir.join("callgrind");
+        std::fs::create_dir_all(&out_dir).map_err(io(out_dir.display().to_string()))?;
+        Some(Wrapper { out_dir })
+    } else {
+        None
+    };
     let (mut own, endpoints) = if external {
         (None, external_endpoints(args, &plan)?)
     } else {
@@ -119,6 +134,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
             (plan.nodes, plan.gateway_threads),
             plan.drive == Drive::Http,
             plan.nats_max_consumers,
+            wrapper.as_ref(),
             &secret,
             &run_id,
         )
@@ -142,7 +158,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         &plan,
         &endpoints,
         &mut own,
-        peer.as_ref(),
+        (peer.as_ref(), wrapper.as_ref()),
         &exe,
         &logs,
         &run_id,
@@ -152,7 +168,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     if let Some(own) = own {
         own.teardown().await;
     }
-    let (otako, peer, storm) = result?;
+    let (otako, peer, storm, instructions) = result?;
 
     let comparison = peer.as_ref().map(|p| Comparison::of(&otako, p));
     let json = out_dir.join("report.json");
@@ -170,6 +186,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         peer,
         comparison,
         storm,
+        instructions,
         targets: Vec::new(),
         json: json.display().to_string(),
         png: None,
@@ -296,15 +313,21 @@ async fn sender_for(
     })
 }
 
-/// What the phases found: Otako's, the peer's and the storm's figures.
-type Phases = (SystemResult, Option<SystemResult>, Option<StormResult>);
+/// What the phases found: Otako's, the peer's, the storm's and the
+/// instructions' figures.
+type Phases = (
+    SystemResult,
+    Option<SystemResult>,
+    Option<StormResult>,
+    Option<InstructionsResult>,
+);
 
 #[allow(clippy::too_many_arguments)]
 async fn phases(
     plan: &Plan,
     ep: &Endpoints,
     own: &mut Option<OwnStack>,
-    peer: Option<&Peer>,
+    (peer, wrapper): (Option<&Peer>, Option<&Wrapper>),
     exe: &Path,
     logs: &Path,
     run_id: &str,
@@ -380,6 +403,26 @@ async fn phases(
         ),
         None => None,
     };
+    let instructions = match wrapper {
+        Some(wrapper) => {
+            let sender = sender_for(Drive::Dispatch, &pool, ep, run_id)
+                .await?
+                .ok_or_else(|| RunError::Usage("the dispatch drive has no sender".into()))?;
+            Some(
+                callgrind::run(callgrind::Setup {
+                    events: plan.events,
+                    fleet: &fleet,
+                    targets: &targets,
+                    members: &pop.members,
+                    sender,
+                    pid: ep.gateway_pids[0],
+                    wrapper,
+                })
+                .await?,
+            )
+        }
+        None => None,
+    };
     fleet.close_sessions().await?;
     if let Some(own) = own {
         // Quiet the machine for the peer's turn.
@@ -403,7 +446,7 @@ async fn phases(
         f.shutdown().await;
     }
     pool.close().await;
-    Ok((otako, peer_result, storm))
+    Ok((otako, peer_result, storm, instructions))
 }
 
 struct PhaseContext<'a> {

@@ -3,6 +3,7 @@
 //! the backend from the build's binaries) or one already running; and the
 //! peer, a nats-server with its WebSocket listener, always started here.
 
+use crate::callgrind::Wrapper;
 use crate::process::{free_port, Proc, ProcessError};
 use sqlx::Connection;
 use std::net::SocketAddr;
@@ -96,12 +97,25 @@ async fn run_script(root: &Path, script: &str, args: &[&str]) -> Result<String, 
 }
 
 /// Waits until `probe` succeeds, failing early when `proc` exits.
-async fn wait_ready<F, Fut>(proc: &mut Proc, mut probe: F) -> Result<(), StackError>
+async fn wait_ready<F, Fut>(proc: &mut Proc, probe: F) -> Result<(), StackError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + READY_TIMEOUT;
+    wait_ready_within(proc, READY_TIMEOUT, probe).await
+}
+
+/// [`wait_ready`] with a bound of its own.
+async fn wait_ready_within<F, Fut>(
+    proc: &mut Proc,
+    within: Duration,
+    mut probe: F,
+) -> Result<(), StackError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
     loop {
         if probe().await {
             return Ok(());
@@ -168,12 +182,15 @@ impl OwnStack {
     /// JetStream, `nodes` gateway nodes and, if asked, the backend.
     /// `max_consumers` sets NATS's `default_max_consumers` (consumers per
     /// stream that sets no limit of its own; -1 for none); without it the
-    /// server keeps its default (1,000 since nats-server 2.15).
+    /// server keeps its default (1,000 since nats-server 2.15). With
+    /// `callgrind`, the first node runs under it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         paths: &Paths,
         (nodes, threads): (usize, usize),
         backend: bool,
         max_consumers: Option<i64>,
+        callgrind: Option<&Wrapper>,
         secret: &str,
         run_id: &str,
     ) -> Result<(OwnStack, Endpoints), StackError> {
@@ -275,19 +292,28 @@ impl OwnStack {
                 ("OTAKO_DRAIN_WINDOW_MS", "200".to_owned()),
                 ("TOKIO_WORKER_THREADS", threads.to_string()),
             ]);
-            gateways.push(Proc::spawn(
-                &format!("gateway-{}", i + 1),
-                &gateway_bin,
-                &[],
-                &env,
-                &logs.join(format!("gateway-{}.log", i + 1)),
-            )?);
+            let name = format!("gateway-{}", i + 1);
+            let log = logs.join(format!("gateway-{}.log", i + 1));
+            let proc = match callgrind.filter(|_| i == 0) {
+                Some(w) => {
+                    let (program, args) = w.command(&gateway_bin);
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    Proc::spawn(&name, program, &args, &env, &log)?
+                }
+                None => Proc::spawn(&name, &gateway_bin, &[], &env, &log)?,
+            };
+            gateways.push(proc);
             ws_addrs.push(ws);
             admins.push(admin);
         }
+        let within = if callgrind.is_some() {
+            crate::callgrind::READY_TIMEOUT
+        } else {
+            READY_TIMEOUT
+        };
         for (g, admin) in gateways.iter_mut().zip(&admins) {
             let url = format!("http://{admin}/readyz");
-            wait_ready(g, || http_ok(&url)).await?;
+            wait_ready_within(g, within, || http_ok(&url)).await?;
         }
         let (backend, backend_url) = if backend {
             let addr = loopback(port()?);

@@ -21,6 +21,10 @@ fn check(name: &str, target: &str, measured: String, met: bool) -> TargetCheck {
 /// 1k..19k; the margin up to 1.5× is left for allocator noise, which weighs
 /// most on the narrow first steps (1,000 sessions, about 2 MiB of RSS).
 const FLAT_SPREAD: f64 = 1.5;
+/// Instructions per small-channel event on the node (the `instructions`
+/// scenario), as BENCHMARKS.md records it plus 3 %: twice the spread seen
+/// between runs, so a change that adds work per event misses it at once.
+const IR_PER_EVENT_BUDGET: f64 = 390_800.0;
 
 /// Largest over smallest marginal cost; None with fewer than two. Infinite
 /// when RSS did not grow over some step, which is not a flat cost either.
@@ -135,6 +139,23 @@ pub fn evaluate(r: &Report) -> Vec<TargetCheck> {
                     "0",
                     wrong.to_string(),
                     wrong == 0,
+                ));
+            }
+        }
+        Scenario::Instructions => {
+            if let Some(i) = &r.instructions {
+                let expected = i.expected_deliveries;
+                out.push(check(
+                    "events delivered to every session, one at a time",
+                    &format!("{} events, {expected} deliveries", i.events),
+                    format!("{} ok, {} deliveries", i.events_ok, i.deliveries),
+                    i.events_ok == i.events && i.deliveries >= expected && i.stalls == 0,
+                ));
+                out.push(check(
+                    "instructions per event",
+                    &format!("≤ {IR_PER_EVENT_BUDGET:.0} (BENCHMARKS.md + 3 %)"),
+                    format!("{:.0}", i.ir_per_event),
+                    i.ir_per_event <= IR_PER_EVENT_BUDGET,
                 ));
             }
         }
