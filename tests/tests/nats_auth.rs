@@ -167,6 +167,43 @@ async fn both_binaries_connect_with_the_password_in_the_url_and_the_shipped_conf
     assert!(log.contains("otako-backend:***@"), "{log}");
 }
 
+/// Starts `binary` with `nats_env` (its NATS settings) and the rest of what
+/// it needs, expects it to exit because NATS refused it, with an error that
+/// names the cause; returns its log.
+async fn refused_at_start(
+    stack: &Stack,
+    name: &str,
+    binary: &str,
+    nats_env: &[(&str, String)],
+) -> String {
+    let mut vars: Vec<(&str, String)> = nats_env.to_vec();
+    vars.extend([
+        ("DATABASE_URL", stack.db.url().to_owned()),
+        ("OTAKO_TOKEN_SECRET", env::TEST_SECRET.to_owned()),
+        ("OTAKO_GATEWAY_LISTEN", "127.0.0.1:0".into()),
+        ("OTAKO_ADMIN_LISTEN", "127.0.0.1:0".into()),
+        ("OTAKO_HTTP_LISTEN", "127.0.0.1:0".into()),
+    ]);
+    let mut p = Proc::spawn(
+        name,
+        env::binary(binary),
+        &[],
+        &vars,
+        &stack.logs.join(format!("{name}.log")),
+    );
+    let status = p.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "{binary} must exit when NATS refuses its credentials ({status:?})"
+    );
+    let log = p.log_text();
+    assert!(
+        log.contains("authorization violation"),
+        "{binary}: the error names the cause:\n{log}"
+    );
+    log
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_fails_at_start_with_an_error_that_does_not_show_it() {
     let stack = Stack::builder()
@@ -184,35 +221,10 @@ async fn a_wrong_password_fails_at_start_with_an_error_that_does_not_show_it() {
         ("gateway-wrong-password", "otako-gateway"),
         ("backend-wrong-password", "otako-backend-shim"),
     ] {
-        let mut p = Proc::spawn(
-            name,
-            env::binary(binary),
-            &[],
-            &[
-                // Two servers in the list, the second down: every entry gets
-                // the credentials, and the error still hides them.
-                (
-                    "OTAKO_NATS_URL",
-                    format!("{url},nats://otako-gateway:{wrong}@127.0.0.1:1"),
-                ),
-                ("DATABASE_URL", stack.db.url().to_owned()),
-                ("OTAKO_TOKEN_SECRET", env::TEST_SECRET.to_owned()),
-                ("OTAKO_GATEWAY_LISTEN", "127.0.0.1:0".into()),
-                ("OTAKO_ADMIN_LISTEN", "127.0.0.1:0".into()),
-                ("OTAKO_HTTP_LISTEN", "127.0.0.1:0".into()),
-            ],
-            &stack.logs.join(format!("{name}.log")),
-        );
-        let status = p.wait_exit(Duration::from_secs(60)).await;
-        assert!(
-            status.is_some_and(|s| !s.success()),
-            "{binary} must exit when NATS refuses its password ({status:?})"
-        );
-        let log = p.log_text();
-        assert!(
-            log.contains("authorization violation"),
-            "{binary}: the error names the cause:\n{log}"
-        );
+        // Two servers in the list, the second down: every entry gets the
+        // credentials, and the error still hides them.
+        let nats_url = format!("{url},nats://otako-gateway:{wrong}@127.0.0.1:1");
+        let log = refused_at_start(&stack, name, binary, &[("OTAKO_NATS_URL", nats_url)]).await;
         assert!(
             !log.contains(wrong),
             "{binary}: the password is in its log:\n{log}"
@@ -486,31 +498,11 @@ async fn both_binaries_authenticate_with_a_creds_file_and_a_strangers_fails_at_s
         ("gateway-stranger-creds", "otako-gateway"),
         ("backend-stranger-creds", "otako-backend-shim"),
     ] {
-        let mut p = Proc::spawn(
-            name,
-            env::binary(binary),
-            &[],
-            &[
-                ("OTAKO_NATS_URL", stack.nats.url(0)),
-                ("OTAKO_NATS_CREDS", stranger.to_string_lossy().into_owned()),
-                ("DATABASE_URL", stack.db.url().to_owned()),
-                ("OTAKO_TOKEN_SECRET", env::TEST_SECRET.to_owned()),
-                ("OTAKO_GATEWAY_LISTEN", "127.0.0.1:0".into()),
-                ("OTAKO_ADMIN_LISTEN", "127.0.0.1:0".into()),
-                ("OTAKO_HTTP_LISTEN", "127.0.0.1:0".into()),
-            ],
-            &stack.logs.join(format!("{name}.log")),
-        );
-        let status = p.wait_exit(Duration::from_secs(60)).await;
-        assert!(
-            status.is_some_and(|s| !s.success()),
-            "{binary} must exit when NATS refuses its credentials ({status:?})"
-        );
-        let log = p.log_text();
-        assert!(
-            log.contains("authorization violation"),
-            "{binary}: the error names the cause:\n{log}"
-        );
+        let nats_env = [
+            ("OTAKO_NATS_URL", stack.nats.url(0)),
+            ("OTAKO_NATS_CREDS", stranger.to_string_lossy().into_owned()),
+        ];
+        let log = refused_at_start(&stack, name, binary, &nats_env).await;
         assert!(
             !log.contains(&seed),
             "{binary}: the seed is in its log:\n{log}"
