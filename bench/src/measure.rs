@@ -182,7 +182,15 @@ mod tests {
     fn reads_own_process() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
-        assert_eq!(rss_sum_kib(&[me, u32::MAX]), rss_kib(me).unwrap());
+        // A process that is gone counts zero; this process's RSS moves while
+        // other tests run, so the sum is only checked to be near a read of it.
+        let before = rss_kib(me).unwrap();
+        let sum = rss_sum_kib(&[me, u32::MAX]);
+        assert!(
+            sum.abs_diff(before) <= before / 4,
+            "{sum} KiB, RSS {before} KiB"
+        );
+        assert_eq!(rss_sum_kib(&[u32::MAX]), 0);
         let _ = cpu_time(me).unwrap();
         assert!(peak_rss_kib(me).unwrap() >= rss_kib(me).unwrap() / 2);
         let m = machine_cpu();

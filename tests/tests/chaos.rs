@@ -114,6 +114,9 @@ async fn an_add_and_remove_dispatched_late_still_deliver_the_messages_between_th
         "before"
     );
     let cursor = first.last_cursor.clone().expect("a cursor");
+    // The node answers after it has fanned out: killed before its answer,
+    // it would leave "before" to the dispatch timeout (10 s) and a retry.
+    stack.db.wait_outbox_settled(ARRIVE).await;
     // No gateway answers: the events wait in the outbox, in commit order.
     stack.gateways[0].proc().kill();
     api.post_message(&alice.token, &general, "before-the-add", None)
