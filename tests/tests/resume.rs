@@ -115,6 +115,9 @@ async fn a_sigkilled_nodes_sessions_resume_elsewhere_without_loss() {
         .await;
     next_events(&mut bob1, 1).await;
     let cursor = bob1.last_cursor.clone().unwrap();
+    // Killed before its answer to "before", the node would leave it to the
+    // dispatch timeout (10 s) and a retry, outlasting the wait below.
+    stack.db.wait_outbox_settled(ARRIVE).await;
 
     stack.gateways[0].proc().kill();
     for i in 0..5 {
