@@ -40,6 +40,9 @@ pub enum Scenario {
     Latency,
     /// As `latency`, through the backend's HTTP API.
     LatencyHttp,
+    /// Direct messages: 2,000 messages/s over 20,000 channels of 2 (10,000
+    /// users in 4 each, layout dm:4), two nodes, dispatch drive.
+    Dm,
     /// A few hundred sessions for a few seconds: the test suite's check.
     Smoke,
     /// 10,000 sessions on one node drop at once and all resume together.
@@ -57,6 +60,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Latency => "latency",
             Scenario::LatencyHttp => "latency-http",
+            Scenario::Dm => "dm",
             Scenario::Smoke => "smoke",
             Scenario::Storm => "storm",
             Scenario::Instructions => "instructions",
@@ -86,7 +90,8 @@ pub struct RunArgs {
     /// Gateway nodes to start.
     #[arg(long)]
     pub nodes: Option<usize>,
-    /// one, small:<members>, or mix:<members> (everyone's channel plus small ones).
+    /// one, small:<members>, mix:<members> (everyone's channel plus small
+    /// ones), or dm:<d> (channels of 2, each user in d; d even).
     #[arg(long)]
     pub layout: Option<Layout>,
     #[arg(long, value_enum)]

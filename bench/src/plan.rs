@@ -115,6 +115,21 @@ impl Plan {
                 true,
                 1,
             ),
+            // 10,000 sessions (not 20,000 of one DM channel each): every
+            // process, the nodes and the peer's listener included, may hold
+            // 20,000 open files, so each user is in 4 channels of 2.
+            Dm => (
+                10_000,
+                2,
+                Layout::Dm(4),
+                Drive::Dispatch,
+                Rate::PerSecond(2000.0),
+                5.0,
+                30.0,
+                &[],
+                true,
+                1,
+            ),
             // The live messages before the drop give the sessions real
             // cursors: about 600 messages over the 1,000 channels.
             Storm => (
@@ -205,6 +220,9 @@ impl Plan {
         if plan.sessions == 0 {
             return Err(PlanError::Invalid("--sessions must be at least 1".into()));
         }
+        plan.layout
+            .check(plan.sessions)
+            .map_err(PlanError::Invalid)?;
         if plan.drive != Drive::None && plan.duration_s <= 0.0 {
             return Err(PlanError::Invalid(
                 "--duration must be positive when messages are sent".into(),
@@ -260,6 +278,22 @@ mod tests {
         let p = Plan::resolve(&args(&["--scenario", "storm"])).unwrap();
         assert_eq!((p.sessions, p.nodes, p.gap_events), (10_000, 1, 1));
         assert!(p.rss_steps.is_empty());
+        let p = Plan::resolve(&args(&["--scenario", "dm"])).unwrap();
+        assert_eq!(
+            (p.sessions, p.nodes, p.layout, p.drive, p.rate, p.peer, p.shards),
+            (
+                10_000,
+                2,
+                Layout::Dm(4),
+                Drive::Dispatch,
+                Rate::PerSecond(2000.0),
+                true,
+                1
+            )
+        );
+        assert_eq!(p.layout.channel_count(p.sessions), 20_000);
+        assert!(p.rss_steps.is_empty());
+        assert!(Plan::resolve(&args(&["--scenario", "dm", "--sessions", "4"])).is_err());
     }
 
     #[test]

@@ -358,7 +358,7 @@ async fn phases(
                     index: i as u32,
                     user_id: pop.user_ids[i],
                     gateway: (i % node_count) as u16,
-                    channels: plan.layout.channels_of(i),
+                    channels: plan.layout.channels_of(i, plan.sessions),
                 })
                 .collect(),
         })

@@ -24,6 +24,10 @@ pub enum Layout {
     Small(u32),
     /// One channel with everyone, plus channels of `k` members: each user in two.
     Mix(u32),
+    /// Direct messages: channels of exactly two members, each user in `d`
+    /// (`d` even). User `i` is paired with user `(i + j) mod n` for `j` in
+    /// `1..=d/2` in channel `(j - 1) * n + i`: `n * d / 2` channels.
+    Dm(u32),
 }
 
 impl FromStr for Layout {
@@ -38,8 +42,14 @@ impl FromStr for Layout {
             None if s == "one" => Ok(Layout::One),
             Some(("small", k)) => Ok(Layout::Small(size(k)?)),
             Some(("mix", k)) => Ok(Layout::Mix(size(k)?)),
+            Some(("dm", d)) => match size(d)? {
+                d if d % 2 == 0 => Ok(Layout::Dm(d)),
+                _ => Err(format!(
+                    "bad layout {s:?}: channels per user of dm:<d> must be even"
+                )),
+            },
             _ => Err(format!(
-                "unknown layout {s:?}: one, small:<members>, mix:<members>"
+                "unknown layout {s:?}: one, small:<members>, mix:<members>, dm:<channels per user>"
             )),
         }
     }
@@ -51,6 +61,7 @@ impl std::fmt::Display for Layout {
             Layout::One => f.write_str("one"),
             Layout::Small(k) => write!(f, "small:{k}"),
             Layout::Mix(k) => write!(f, "mix:{k}"),
+            Layout::Dm(d) => write!(f, "dm:{d}"),
         }
     }
 }
@@ -62,15 +73,37 @@ impl Layout {
             Layout::One => 1,
             Layout::Small(k) => n.div_ceil(k as usize).max(1),
             Layout::Mix(k) => 1 + n.div_ceil(k as usize).max(1),
+            Layout::Dm(d) => n * (d as usize / 2),
         }
     }
 
-    /// Channel indexes user `i` is in.
-    pub fn channels_of(self, i: usize) -> Vec<u32> {
+    /// Whether the layout works for `n` users: `dm:<d>` needs more than
+    /// `d` of them, or some user would be paired with itself (`j = n`) or
+    /// twice with the same partner (`j = n - j`).
+    pub fn check(self, n: usize) -> Result<(), String> {
+        match self {
+            Layout::Dm(d) if n <= d as usize => Err(format!(
+                "layout {self} needs more than {d} sessions, not {n}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Channel indexes user `i` of `n` is in.
+    pub fn channels_of(self, i: usize, n: usize) -> Vec<u32> {
         match self {
             Layout::One => vec![0],
             Layout::Small(k) => vec![(i / k as usize) as u32],
             Layout::Mix(k) => vec![0, 1 + (i / k as usize) as u32],
+            // As the first member of its pair with (i + j) mod n, and as
+            // the second of (i - j) mod n's pair with it.
+            Layout::Dm(d) => (1..=d as usize / 2)
+                .flat_map(|j| {
+                    let base = (j - 1) * n;
+                    [base + i, base + (i + n - j % n) % n]
+                })
+                .map(|c| c as u32)
+                .collect(),
         }
     }
 
@@ -78,7 +111,7 @@ impl Layout {
     pub fn members(self, n: usize) -> Vec<Vec<u32>> {
         let mut m = vec![Vec::new(); self.channel_count(n)];
         for i in 0..n {
-            for c in self.channels_of(i) {
+            for c in self.channels_of(i, n) {
                 m[c as usize].push(i as u32);
             }
         }
@@ -234,6 +267,77 @@ mod tests {
         let m = Layout::Mix(10).members(25);
         assert_eq!(m.len(), 4);
         assert_eq!(m[0].len(), 25);
-        assert_eq!(Layout::Mix(10).channels_of(12), vec![0, 2]);
+        assert_eq!(Layout::Mix(10).channels_of(12, 25), vec![0, 2]);
+    }
+
+    /// Every channel has two distinct members, every user is in `d`
+    /// channels, and `channels_of` agrees with `members`.
+    fn check_dm(n: usize, d: u32) {
+        let l = Layout::Dm(d);
+        l.check(n).unwrap();
+        let m = l.members(n);
+        assert_eq!(l.channel_count(n), n * d as usize / 2);
+        assert_eq!(m.len(), l.channel_count(n));
+        let mut pairs = std::collections::HashSet::new();
+        for (c, us) in m.iter().enumerate() {
+            assert_eq!(us.len(), 2, "channel {c}: {us:?}");
+            assert_ne!(us[0], us[1], "channel {c}");
+            assert!(
+                pairs.insert((us[0].min(us[1]), us[0].max(us[1]))),
+                "pair of {c} twice"
+            );
+        }
+        let mut per_user = vec![0usize; n];
+        for us in &m {
+            for &u in us {
+                per_user[u as usize] += 1;
+            }
+        }
+        for (i, &in_channels) in per_user.iter().enumerate() {
+            let cs = l.channels_of(i, n);
+            assert_eq!(cs.len(), d as usize, "user {i}");
+            assert_eq!(in_channels, d as usize, "user {i}");
+            let mut distinct = cs.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), cs.len(), "user {i}: {cs:?}");
+            for c in cs {
+                assert!(m[c as usize].contains(&(i as u32)), "user {i}, channel {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn dm_layout() {
+        check_dm(10, 4);
+        check_dm(10_000, 4);
+        check_dm(5, 4);
+        check_dm(3, 2);
+        assert_eq!(Layout::Dm(4).channel_count(10_000), 20_000);
+        // User i with (i + j) mod n in channel (j - 1) * n + i.
+        let m = Layout::Dm(4).members(10);
+        assert_eq!(m[3], vec![3, 4]);
+        assert_eq!(m[9], vec![0, 9]);
+        assert_eq!(m[10 + 9], vec![1, 9]);
+        assert_eq!(Layout::Dm(4).channels_of(0, 10), vec![0, 9, 10, 18]);
+        // Too few users for dm:4: someone would be paired with itself or
+        // with the same partner twice.
+        assert!(Layout::Dm(4).check(4).is_err());
+        assert!(Layout::Dm(4).check(2).is_err());
+        assert!(Layout::Small(10).check(2).is_ok());
+    }
+
+    #[test]
+    fn dm_parse_and_display() {
+        assert_eq!("dm:4".parse::<Layout>().unwrap(), Layout::Dm(4));
+        for l in [Layout::Dm(2), Layout::Dm(4), Layout::Dm(10)] {
+            assert_eq!(l.to_string().parse::<Layout>().unwrap(), l);
+        }
+        assert_eq!(Layout::Dm(4).to_string(), "dm:4");
+        assert!("dm:3".parse::<Layout>().is_err());
+        assert!("dm:1".parse::<Layout>().is_err());
+        assert!("dm:0".parse::<Layout>().is_err());
+        assert!("dm:".parse::<Layout>().is_err());
+        assert!("dm".parse::<Layout>().is_err());
     }
 }

@@ -103,7 +103,7 @@ pub fn evaluate(r: &Report) -> Vec<TargetCheck> {
                 ));
             }
         }
-        Scenario::Latency | Scenario::LatencyHttp => {
+        Scenario::Latency | Scenario::LatencyHttp | Scenario::Dm => {
             if let Some(l) = o.drive.as_ref().and_then(|d| d.latency_us) {
                 out.push(check(
                     "end-to-end p99",

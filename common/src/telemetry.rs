@@ -10,6 +10,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -34,6 +35,17 @@ impl Drop for Telemetry {
             let _ = provider.shutdown();
         }
     }
+}
+
+/// Whether spans leave the process. Set once by [`init`]; without an
+/// exporter, the trace-only spans are never built and trace context is
+/// neither read nor written: about 16,000 instructions of an event's
+/// 380,000 on the handling node (BENCHMARKS.md, instructions per event).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether an OTLP exporter runs in this process.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 fn otlp_configured() -> bool {
@@ -88,7 +100,7 @@ pub const TRACE_ONLY: &str = "otako::trace_only";
 /// Installs the global subscriber. Call once, from `main`, inside the runtime.
 pub fn init(service: &'static str, json_logs: bool) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = if json_logs {
         tracing_subscriber::fmt::layer()
             .json()
@@ -105,6 +117,15 @@ pub fn init(service: &'static str, json_logs: bool) -> Result<Telemetry, Telemet
     } else {
         None
     };
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
+    if provider.is_none() {
+        // Disabled at the callsite, a trace-only span costs one load.
+        filter = filter.add_directive(
+            format!("{TRACE_ONLY}=off")
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
     let otel = provider.as_ref().map(|p| {
         opentelemetry::global::set_tracer_provider(p.clone());
         tracing_opentelemetry::layer().with_tracer(p.tracer(service))
@@ -163,6 +184,9 @@ impl Injector for Traceparent {
 
 /// Writes the span's trace context into NATS headers.
 pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    if !exporting() {
+        return;
+    }
     let cx = span.context();
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut NatsHeaders(headers))
@@ -179,6 +203,9 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 
 /// Makes `span` a child of the trace carried in NATS headers, if any.
 pub fn continue_from_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    if !exporting() {
+        return;
+    }
     if let Some(h) = headers {
         let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsHeadersRef(h)));
         set_parent(span, cx);
@@ -212,6 +239,9 @@ fn set_parent(span: &tracing::Span, cx: Context) {
 /// The trace id of `span` as 32 hex digits, falling back to the one in a
 /// `traceparent` header when no exporter is running.
 pub fn trace_id(span: &tracing::Span, traceparent: Option<&str>) -> Option<String> {
+    if !exporting() {
+        return traceparent_trace_id(traceparent?);
+    }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {

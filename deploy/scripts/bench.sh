@@ -4,8 +4,11 @@
 # nodes, backend if needed, and nats-server's WebSocket listener as the
 # peer), measures, prints a table and writes report.json and report.png.
 #
-#   deploy/scripts/bench.sh idle|nodes|fanout|latency|latency-http|storm|smoke [flags]
+#   deploy/scripts/bench.sh idle|nodes|fanout|latency|latency-http|dm|storm|smoke [flags]
 #   deploy/scripts/bench.sh all          every scenario but smoke, in turn
+#
+# dm: direct messages, 2,000 msg/s over 20,000 channels of 2 (10,000 users
+# in 4 each), two nodes, dispatch drive; latency's figures and targets.
 #
 # storm: 10,000 sessions on one node drop at once and all resume together
 # (time until all are live again, retries, resumed:false, the node's peak
@@ -20,8 +23,8 @@ cd "$OTAKO_ROOT"
 
 scenario="${1:-}"
 case "$scenario" in
-  idle|nodes|fanout|latency|latency-http|storm|smoke|all) shift ;;
-  *) echo "usage: $0 idle|nodes|fanout|latency|latency-http|storm|smoke|all [otako-bench run flags]" >&2; exit 2 ;;
+  idle|nodes|fanout|latency|latency-http|dm|storm|smoke|all) shift ;;
+  *) echo "usage: $0 idle|nodes|fanout|latency|latency-http|dm|storm|smoke|all [otako-bench run flags]" >&2; exit 2 ;;
 esac
 
 log "building release binaries (otako-gateway, otako-backend-shim, otako-bench)"
@@ -36,7 +39,7 @@ run_one() {
 }
 
 if [ "$scenario" = all ]; then
-  for s in idle fanout latency latency-http nodes storm; do
+  for s in idle fanout latency latency-http dm nodes storm; do
     OTAKO_BENCH_OUT="${OTAKO_BENCH_OUT:+$OTAKO_BENCH_OUT/$s}" run_one "$s" "$@"
   done
 else

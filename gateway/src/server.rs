@@ -5,13 +5,13 @@ use crate::dispatch::Dispatcher;
 use crate::fanout::Hub;
 use crate::node::Node;
 use crate::{heartbeat, session};
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use otako_common::close::CloseCode;
 use otako_common::proto::{DISPATCH_QUEUE, DISPATCH_SUBJECT};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -39,36 +39,41 @@ pub async fn accept_loop(listener: TcpListener, node: Arc<Node>, stop: Cancellat
 
 /// Answers dispatch requests until `stop` is cancelled, then finishes those
 /// already taken before returning.
+///
+/// The requests in flight (at most `concurrency`) are futures polled by this
+/// one task rather than a task each: a `tokio::spawn` per request was 8,600
+/// of an event's 380,000 instructions (BENCHMARKS.md), and a handler is
+/// mostly waiting on the database and the history, so one task keeps up.
 pub async fn dispatch_loop(
     mut sub: async_nats::Subscriber,
     dispatcher: Arc<Dispatcher>,
     concurrency: usize,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let concurrency = concurrency.max(1);
+    let mut in_flight = FuturesUnordered::new();
     let mut draining = false;
+    let mut subscribed = true;
     loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled(), if !draining => {
+        tokio::select! {
+            _ = stop.cancelled(), if !draining && subscribed => {
                 // Unsubscribe, but keep handling what the server already sent.
                 draining = true;
                 if let Err(e) = sub.drain().await {
                     warn!(error = %e, "could not drain the dispatch subscription");
                 }
-                continue;
             }
-            msg = sub.next() => msg,
-        };
-        let Some(msg) = msg else { break };
-        let permit = permits.clone().acquire_owned().await.expect("never closed");
-        let dispatcher = dispatcher.clone();
-        tokio::spawn(async move {
-            dispatcher.handle(msg).await;
-            drop(permit);
-        });
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            msg = sub.next(), if subscribed && in_flight.len() < concurrency => match msg {
+                Some(msg) => {
+                    let dispatcher = dispatcher.clone();
+                    in_flight.push(async move { dispatcher.handle(msg).await });
+                }
+                None => subscribed = false,
+            },
+            else => break,
+        }
     }
-    // Wait for the requests still in flight.
-    let _ = permits.acquire_many(concurrency.max(1) as u32).await;
 }
 
 pub async fn subscribe_dispatch(
