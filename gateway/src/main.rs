@@ -22,6 +22,13 @@ mod sink;
 mod trust;
 
 use anyhow::Context;
+
+/// mimalloc instead of glibc's malloc: an event makes ~430 allocator
+/// calls on the handling node, and mimalloc cut its instructions per event
+/// from 365,700 to 328,800 (-10 %), and an idle session costs the same
+/// (2.17-2.52 KiB at 19,000 over four runs, 2.46-2.53 with glibc).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use config::{Args, Command};
 use otako_common::bus::BusKey;
