@@ -12,7 +12,7 @@
 //! and what came before P is the resume's to replay (`resume.rs`).
 
 use crate::frame::Frame;
-use crate::handle::SessionHandle;
+use crate::handle::{Offered, SessionHandle};
 use otako_common::close::CloseCode;
 use otako_common::event::EventType;
 use parking_lot::RwLock;
@@ -95,7 +95,16 @@ pub struct Hub {
     waiting: AtomicUsize,
     advanced: Notify,
     queue_capacity: usize,
+    /// Backend commit to the frame's write, per frame. Resolved once:
+    /// looking a metric up per frame costs more than recording.
+    pub commit_to_socket: metrics::Histogram,
 }
+
+/// Events with at most this many recipients on the node are written by the
+/// routing path itself (see `SessionHandle::offer`); a bigger fan-out is
+/// queued to the session tasks, so its writes spread over the worker
+/// threads instead of all running on the history follower's.
+const DIRECT_MAX: usize = 64;
 
 /// Held by a session's task; unregisters the session when dropped, so no exit
 /// path can leave a dead session in the index.
@@ -120,6 +129,7 @@ impl Hub {
             waiting: AtomicUsize::new(0),
             advanced: Notify::new(),
             queue_capacity: queue_capacity.max(1),
+            commit_to_socket: metrics::histogram!("otako_commit_to_socket_seconds"),
         })
     }
 
@@ -338,10 +348,7 @@ impl Hub {
                 let mut idx = self.index.write();
                 let user_sessions = idx.user_sessions(user);
                 let n = self.offer_channel(&idx, to.channel_id, &frame, Some(user))
-                    + user_sessions
-                        .iter()
-                        .filter(|s| s.offer(&frame, self.queue_capacity))
-                        .count();
+                    + self.offer_all(user_sessions.iter(), user_sessions.len(), &frame);
                 for s in &user_sessions {
                     idx.leave(s.id, to.channel_id);
                     if let Some(changed) = idx.loading.get_mut(&s.id) {
@@ -374,11 +381,37 @@ impl Hub {
         let Some(members) = idx.by_channel.get(&channel_id) else {
             return 0;
         };
-        members
-            .values()
-            .filter(|s| Some(s.user_id) != except_user)
-            .filter(|s| s.offer(frame, self.queue_capacity))
-            .count()
+        let to = members.values().filter(|s| Some(s.user_id) != except_user);
+        self.offer_all(to, members.len(), frame)
+    }
+
+    /// Offers `frame` to `sessions` (about `count` of them); returns how
+    /// many took it.
+    fn offer_all<'a>(
+        &self,
+        sessions: impl Iterator<Item = &'a Arc<SessionHandle>>,
+        count: usize,
+        frame: &Arc<Frame>,
+    ) -> usize {
+        let direct = count <= DIRECT_MAX;
+        let (mut taken, mut written) = (0, 0);
+        for s in sessions {
+            match s.offer(frame, self.queue_capacity, direct) {
+                Offered::Written => written += 1,
+                Offered::Queued => taken += 1,
+                Offered::Refused => {}
+            }
+        }
+        if written > 0 {
+            if let Some(at) = frame.committed_at_us {
+                let now_us = chrono::Utc::now().timestamp_micros();
+                let seconds = (now_us - at).max(0) as f64 / 1e6;
+                for _ in 0..written {
+                    self.commit_to_socket.record(seconds);
+                }
+            }
+        }
+        taken + written
     }
 }
 

@@ -28,6 +28,18 @@ impl Frame {
         }
     }
 
+    /// The whole WebSocket frame for one session, ready for one `write`.
+    pub fn render_ws(&self, s: u64) -> Vec<u8> {
+        let mut buf = itoa::Buffer::new();
+        let s = buf.format(s);
+        let len = self.prefix.len() + s.len() + self.suffix.len();
+        crate::socket::text_frame(len, |out| {
+            out.extend_from_slice(self.prefix.as_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(self.suffix.as_bytes());
+        })
+    }
+
     /// The frame text for one session.
     pub fn render(&self, s: u64) -> String {
         let mut buf = itoa::Buffer::new();
@@ -56,5 +68,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["s"], 42);
         assert_eq!(f.seq, 9);
+        let ws = f.render_ws(42);
+        assert_eq!(
+            &ws[2..],
+            text.as_bytes(),
+            "the same text behind a 2-byte header"
+        );
+        assert_eq!(ws[..2], [0x81, text.len() as u8]);
     }
 }

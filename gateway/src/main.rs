@@ -19,6 +19,7 @@ mod revoke;
 mod server;
 mod session;
 mod sink;
+mod socket;
 mod trust;
 
 use anyhow::Context;

@@ -28,8 +28,6 @@ pub struct Node {
     pub start_queue: Duration,
     /// False while starting and while draining; `/readyz` reads it.
     pub ready: AtomicBool,
-    /// Resolved once: looking a metric up per frame costs more than recording.
-    pub commit_to_socket: metrics::Histogram,
     next_id: AtomicU64,
 }
 
@@ -63,7 +61,6 @@ impl Node {
             starts: Semaphore::new(settings.max_concurrent_starts.max(1)),
             start_queue: settings.start_queue,
             ready: AtomicBool::new(false),
-            commit_to_socket: metrics::histogram!("otako_commit_to_socket_seconds"),
             next_id: AtomicU64::new(1),
         }
     }

@@ -23,6 +23,7 @@ use crate::history::HistoryError;
 use crate::limit::Lease;
 use crate::node::Node;
 use crate::resume::{self, NotResumed, Seam};
+use crate::socket::Shared;
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use otako_common::client_frame::is_heartbeat;
@@ -71,7 +72,7 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_CLIENT_FRAME))
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Shared>;
 
 // Memory per idle session is what limits a node, and an async fn keeps room
 // for its largest await point for as long as it lives (its arguments too,
@@ -85,6 +86,7 @@ type Ws = WebSocketStream<TcpStream>;
 
 pub async fn serve(stream: TcpStream, node: Arc<Node>) {
     let _ = stream.set_nodelay(true);
+    let stream = Shared(Arc::new(stream));
     let Some((ws, who)) = Box::pin(upgrade(stream, &node)).await else {
         return;
     };
@@ -113,7 +115,7 @@ struct Who {
 }
 
 /// The WebSocket handshake and the token check; a bad token is closed with 4004.
-async fn upgrade(stream: TcpStream, node: &Node) -> Option<(Ws, Box<Who>)> {
+async fn upgrade(stream: Shared, node: &Node) -> Option<(Ws, Box<Who>)> {
     let mut request = Upgrade::default();
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
@@ -336,8 +338,11 @@ impl Session {
             }
         }
         // Live frames queued meanwhile that the replay already covered are
-        // skipped from here on.
+        // skipped from here on, and the routing path may write from now.
         self.floor = outcome.floor;
+        registration
+            .handle
+            .go_live(self.ws.get_ref().0.clone(), self.seq, self.floor);
         debug!(session = %self.session_id, user = claims.user_id, resumed = outcome.resumed, "session ready");
         Ok(Started {
             registration,
@@ -481,12 +486,20 @@ impl Session {
                                 }
                             }
                         }
+                        if self.hold(handle).await.is_err() {
+                            return CloseCode::TooSlow;
+                        }
                         return self.kicked(code).await;
                     }
                     if let Err(code) = self.write_queued(handle).await {
                         return self.end(Close::new(code)).await;
                     }
                 }
+                Event::Nothing => continue,
+                Event::Gone => return CloseCode::Abnormal,
+                // Whatever the task writes now, it writes with the socket
+                // taken over from the routing path.
+                _ if self.hold(handle).await.is_err() => return CloseCode::TooSlow,
                 Event::Heartbeat => {
                     if !beats.allow(Beat::Heartbeat, self.node.heartbeat_interval) {
                         return self.end(Close::new(CloseCode::TooFrequent)).await;
@@ -495,6 +508,7 @@ impl Session {
                     if self.send_now(r#"{"op":11}"#.to_owned()).await.is_err() {
                         return CloseCode::Internal;
                     }
+                    handle.hand_back(self.seq);
                 }
                 // tungstenite queues the pong; push it out now.
                 Event::Ping => {
@@ -506,8 +520,8 @@ impl Session {
                     if self.flush().await.is_err() {
                         return CloseCode::TooSlow;
                     }
+                    handle.hand_back(self.seq);
                 }
-                Event::Nothing => {}
                 Event::Reject(reason) => {
                     return self
                         .end(Close::with_reason(CloseCode::Rejected, reason))
@@ -518,8 +532,32 @@ impl Session {
                     let _ = self.flush().await;
                     return CloseCode::Normal;
                 }
-                Event::Gone => return CloseCode::Abnormal,
             }
+        }
+    }
+
+    /// Takes the socket over from the routing path (see `SessionHandle`)
+    /// and finishes the frame it left half-written, if any. The caller hands
+    /// it back when it goes on serving.
+    fn hold<'a>(&'a mut self, handle: &'a SessionHandle) -> BoxFuture<'a, Result<(), WriteFailed>> {
+        Box::pin(async move {
+            let took = handle.take_over();
+            self.seq = took.s;
+            match took.rest {
+                Some(rest) => self.write_rest(&rest).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Writes the end of a frame the routing path started, straight to the
+    /// socket: tungstenite has nothing buffered (its writes always finish
+    /// before the routing path may write again).
+    async fn write_rest(&mut self, rest: &[u8]) -> Result<(), WriteFailed> {
+        use tokio::io::AsyncWriteExt;
+        match timeout(WRITE_TIMEOUT, self.ws.get_mut().write_all(rest)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
         }
     }
 
@@ -531,8 +569,16 @@ impl Session {
     ) -> BoxFuture<'a, Result<(), CloseCode>> {
         Box::pin(async move {
             let mut batch = Vec::new();
-            handle.take(MAX_BATCH, &mut batch);
-            self.write_frames(&batch).await
+            let took = handle.take(MAX_BATCH, &mut batch);
+            self.seq = took.s;
+            if let Some(rest) = took.rest {
+                self.write_rest(&rest)
+                    .await
+                    .map_err(|_| CloseCode::TooSlow)?;
+            }
+            self.write_frames(&batch).await?;
+            handle.hand_back(self.seq);
+            Ok(())
         })
     }
 
@@ -565,6 +611,7 @@ impl Session {
             for frame in frames {
                 if let Some(at) = frame.committed_at_us {
                     self.node
+                        .hub
                         .commit_to_socket
                         .record((now_us - at).max(0) as f64 / 1e6);
                 }
