@@ -34,15 +34,15 @@ RULES = [
      r"otako_gateway::history::History::append"),
     ("database load (loader task, sqlx, PostgreSQL wire)",
      r"otako_gateway::db::|sqlx_core::|sqlx_postgres::"),
-    ("routing (Hub::deliver: index, queue, wake each session)",
+    ("routing (Hub::deliver: index; a small fan-out's writes, render and write(2); else queue and wake)",
      r"otako_gateway::fanout::Hub::deliver|otako_gateway::handle::SessionHandle::offer"),
     ("history read (follow: verify, parse, build the frame)",
      r"otako_gateway::history::History::(follow|route|check)|otako_gateway::frame::Frame::new"),
     ("reply (roundtrip: serialise, sign, publish)",
      r"otako_common::proto::Roundtrip|otako_gateway::dispatch::Dispatcher::handle_in.*sign"),
-    ("request in (dispatch loop, spawn, parse, span)",
+    ("request in (dispatch loop, parse, span)",
      r"otako_gateway::dispatch::|otako_gateway::server::dispatch_loop|otako_common::event::Received"),
-    ("session write (wake, render, WebSocket frame, write(2))",
+    ("session task write (wake, render, WebSocket frame, write(2); big fan-outs, heartbeats)",
      r"otako_gateway::session::|otako_gateway::frame::Frame::render|tungstenite::"),
     ("NATS connection task (socket reads and writes, protocol parse, all subjects)",
      r"async_nats::"),
@@ -140,7 +140,7 @@ def classify_callgrind(path, events):
     names = {
         "append": "history append (serialise, sign, publish; the ack wait is the NATS task's)",
         "loader": "database load (loader task: query, decode)",
-        "routing": "routing (Hub::deliver: index, queue, wake each session)",
+        "routing": "routing (Hub::deliver: index; a small fan-out's writes, render and write(2); else queue and wake)",
     }
     rows = []
     counted = 0
