@@ -227,7 +227,7 @@ async fn commit_with_event(
 ) -> Result<(), ApiError> {
     outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.committed(event.channel_id());
     Ok(())
 }
 

@@ -22,7 +22,6 @@ use state::AppState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tracing::info;
 
 #[tokio::main]
@@ -59,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(args.ping_interval_ms),
         gateways_tx,
     ));
-    let wake = Arc::new(Notify::new());
+    let wake = outbox::Wake::default();
     let dispatcher = outbox::Dispatcher::new(
         pool.clone(),
         nats.clone(),

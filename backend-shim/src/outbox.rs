@@ -32,7 +32,7 @@ use otako_common::service::PeerStatus;
 use otako_common::telemetry;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +87,38 @@ pub async fn enqueue(
     .fetch_one(&mut **tx)
     .await
 }
+
+/// Wakes the dispatcher for the channel of an event just committed: the
+/// channel's worker starts (or goes on) without the dispatcher reading the
+/// outbox to find it. That read was one statement per message on the API
+/// path, of about a dozen (BENCHMARKS.md, latency-http); the outbox is
+/// still read every `POLL` for what no commit here announced (other
+/// replicas' rows, a restart's backlog, backoffs that ran out).
+#[derive(Clone, Default)]
+pub struct Wake {
+    committed: Arc<Mutex<Vec<i64>>>,
+    notify: Arc<Notify>,
+}
+
+impl Wake {
+    /// An event of `channel_id` is committed.
+    pub fn committed(&self, channel_id: i64) {
+        self.committed
+            .lock()
+            .expect("not poisoned")
+            .push(channel_id);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.committed.lock().expect("not poisoned"))
+    }
+}
+
+/// The channels this replica's workers send, each with whether an event was
+/// committed for it while its worker ran (the worker may have read the
+/// outbox before that commit, so the channel is started again after it).
+type Active = Arc<Mutex<HashMap<i64, bool>>>;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Pending {
@@ -182,45 +214,70 @@ impl Dispatcher {
         s.known && s.nodes == 0
     }
 
-    /// Finds channels with pending events and runs one worker per channel.
+    /// Runs one worker per channel with pending events: the channels that
+    /// commits announce, and those a read of the outbox finds every `POLL`.
     /// Runs forever; database faults are retried.
-    pub async fn run(self, wake: Arc<Notify>) {
-        let active: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    pub async fn run(self, wake: Wake) {
+        let active: Active = Arc::default();
+        let mut next_poll = Instant::now();
         loop {
-            // Channels with an event that is due and no other replica's
-            // live lease; a worker that finds its head event still backing
-            // off waits for it (see work_channel).
-            let channels: Result<Vec<i64>, _> = sqlx::query_scalar(
-                "SELECT DISTINCT o.channel_id FROM outbox o \
-                 WHERE o.status = 'pending' AND o.next_attempt_at <= now() \
-                   AND NOT EXISTS (SELECT 1 FROM outbox_leases l \
-                       WHERE l.channel_id = o.channel_id AND l.holder <> $2 \
-                         AND l.expires_at > now()) \
-                 LIMIT $1",
-            )
-            .bind(MAX_CHANNELS_PER_POLL)
-            .bind(self.leases.holder())
-            .fetch_all(&self.pool)
-            .await;
-            match channels {
-                Ok(channels) => {
-                    for channel_id in channels {
-                        if active.lock().expect("not poisoned").insert(channel_id) {
-                            let worker =
-                                self.clone()
-                                    .work_channel(channel_id, active.clone(), wake.clone());
-                            tokio::spawn(worker);
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + POLL;
+                match self.due_channels().await {
+                    Ok(channels) => {
+                        for channel_id in channels {
+                            self.start(channel_id, &active, &wake);
                         }
                     }
+                    Err(e) => {
+                        warn!(error = %e, "could not read the outbox; retrying");
+                        next_poll = Instant::now() + Duration::from_secs(1);
+                    }
                 }
-                Err(e) => {
-                    warn!(error = %e, "could not read the outbox; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            }
+            for channel_id in wake.take() {
+                self.start(channel_id, &active, &wake);
             }
             let busy = active.lock().expect("not poisoned").len();
             metrics::gauge!("otako_outbox_channels_active").set(busy as f64);
-            let _ = tokio::time::timeout(POLL, wake.notified()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(next_poll) => {}
+                () = wake.notify.notified() => {}
+            }
+        }
+    }
+
+    /// Channels with an event that is due and no other replica's live
+    /// lease; a worker that finds its head event still backing off waits
+    /// for it (see work_channel).
+    async fn due_channels(&self) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT o.channel_id FROM outbox o \
+             WHERE o.status = 'pending' AND o.next_attempt_at <= now() \
+               AND NOT EXISTS (SELECT 1 FROM outbox_leases l \
+                   WHERE l.channel_id = o.channel_id AND l.holder <> $2 \
+                     AND l.expires_at > now()) \
+             LIMIT $1",
+        )
+        .bind(MAX_CHANNELS_PER_POLL)
+        .bind(self.leases.holder())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Starts the channel's worker, or tells the running one to look again
+    /// before it ends.
+    fn start(&self, channel_id: i64, active: &Active, wake: &Wake) {
+        let mut workers = active.lock().expect("not poisoned");
+        match workers.get_mut(&channel_id) {
+            Some(again) => *again = true,
+            None => {
+                workers.insert(channel_id, false);
+                let worker = self
+                    .clone()
+                    .work_channel(channel_id, active.clone(), wake.clone());
+                tokio::spawn(worker);
+            }
         }
     }
 
@@ -228,12 +285,7 @@ impl Dispatcher {
     /// none is left, while this replica holds the channel's lease. Writes to a
     /// channel are serialised ([`lock_channel`]), so id order is commit order
     /// and a late commit always sorts last.
-    async fn work_channel(
-        self,
-        channel_id: i64,
-        active: Arc<Mutex<HashSet<i64>>>,
-        wake: Arc<Notify>,
-    ) {
+    async fn work_channel(self, channel_id: i64, active: Active, wake: Wake) {
         let held = match self.leases.take(channel_id).await {
             Ok(held) => held,
             Err(e) => {
@@ -295,10 +347,11 @@ impl Dispatcher {
                 warn!(error = %e, channel_id, "could not give the channel's lease back");
             }
         }
-        active.lock().expect("not poisoned").remove(&channel_id);
-        // An event committed while this worker was finishing is picked up by
-        // the next poll; ask for it now rather than at the next tick.
-        wake.notify_one();
+        let again = active.lock().expect("not poisoned").remove(&channel_id);
+        if again == Some(true) && !lost.load(Ordering::Acquire) {
+            // Committed after this worker's last read, perhaps: start again.
+            wake.committed(channel_id);
+        }
     }
 
     /// Sends one event until it is acknowledged or out of attempts, or the

@@ -7,7 +7,7 @@ use otako_common::service::PeerStatus;
 use otako_common::token::TokenKey;
 use sqlx::PgPool;
 use std::sync::Arc;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::limits::Limits;
 
@@ -20,7 +20,7 @@ pub struct AppState {
     pub token_ttl_secs: i64,
     pub nats: async_nats::Client,
     /// Wakes the dispatcher right after a commit, so events go out at once.
-    pub outbox_wake: Arc<Notify>,
+    pub outbox_wake: crate::outbox::Wake,
     /// What the pings of the gateway cluster show.
     pub gateways: watch::Receiver<PeerStatus>,
     /// Per-user and per-address rate limits of the writes.
