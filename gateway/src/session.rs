@@ -1,12 +1,15 @@
 //! One client WebSocket session, from upgrade to close.
 //!
-//! A session is one task. It owns its socket and selects over two things:
+//! A session is one task. It reads its socket and selects over two things:
 //! frames from the client, and a wake-up from its hub handle, which stands
 //! for frames queued by the hub and for kicks from outside (too slow,
 //! revoked or expired, over the limit, node draining, and a missed
 //! heartbeat, which the node's sweep finds: see `heartbeat.rs`). Queued
 //! frames are written in batches (`feed` each, `flush` once): one write()
-//! per batch instead of one per frame.
+//! per batch instead of one per frame. Once the session is live, the hub's
+//! routing path also writes to the socket, one whole frame at a time, when
+//! nothing is queued and the task is not writing (`SessionHandle::offer`);
+//! the task takes the socket over (`hold`) before each write of its own.
 //!
 //! A session that comes with a cursor joins its channels live first and
 //! then replays what it missed up to that seam (`resume.rs`); live frames
