@@ -56,13 +56,20 @@ impl Leases {
     }
 
     /// Gives the channel's lease back, so the replica that takes the next
-    /// write for it can send it at once.
+    /// write for it can send it at once. The row stays, run out: taking it
+    /// again is then an update of columns no index covers (a HOT update),
+    /// where a delete and an insert per message cost 0.23 ms of the
+    /// database's execution per message (`pg_stat_statements`, latency-http
+    /// at 500 msg/s; the insert alone 0.198 ms).
     pub async fn give_back(&self, channel_id: i64) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM outbox_leases WHERE channel_id = $1 AND holder = $2")
-            .bind(channel_id)
-            .bind(&self.holder)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox_leases SET expires_at = '-infinity' \
+             WHERE channel_id = $1 AND holder = $2",
+        )
+        .bind(channel_id)
+        .bind(&self.holder)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

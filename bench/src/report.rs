@@ -75,6 +75,9 @@ pub struct DriveResult {
     pub server_cpu_us_per_delivery: Option<f64>,
     /// CPU of the Otako stack's nats-server (the firehose), when known.
     pub broker_cpu_us_per_delivery: Option<f64>,
+    /// CPU of Otako's backend, when the bench started one (the HTTP drive).
+    #[serde(default)]
+    pub backend_cpu_us_per_delivery: Option<f64>,
     /// The bench's own cost: the client processes, and the generator.
     pub clients_cpu_us_per_delivery: Option<f64>,
     pub generator_cpu_us_per_delivery: Option<f64>,
@@ -409,6 +412,9 @@ pub fn table(r: &Report) -> String {
     });
     row("broker CPU µs/delivery", &|s| {
         opt(d(s).and_then(|d| d.broker_cpu_us_per_delivery), 2)
+    });
+    row("backend CPU µs/delivery", &|s| {
+        opt(d(s).and_then(|d| d.backend_cpu_us_per_delivery), 2)
     });
     row("bench clients µs/delivery", &|s| {
         opt(d(s).and_then(|d| d.clients_cpu_us_per_delivery), 2)

@@ -244,6 +244,8 @@ fn external_endpoints(args: &RunArgs, plan: &Plan) -> Result<Endpoints, RunError
             .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
         nats_pid: None,
         backend_url: args.backend_url.clone(),
+        // A backend already running is not ours to find.
+        backend_pid: None,
         secret: args
             .token_secret
             .clone()
@@ -378,6 +380,7 @@ async fn phases(
         fleet: fleet.clone(),
         members: &pop.members,
         targets: &targets,
+        backend_pid: ep.backend_pid,
     };
     let otako = ctx
         .system(
@@ -454,6 +457,8 @@ struct PhaseContext<'a> {
     fleet: Arc<Fleet>,
     members: &'a [Vec<u32>],
     targets: &'a [ChannelTarget],
+    /// Otako's backend, when the bench runs one (the HTTP drive).
+    backend_pid: Option<u32>,
 }
 
 impl PhaseContext<'_> {
@@ -592,12 +597,15 @@ impl PhaseContext<'_> {
         let clients = self.fleet.pids().to_vec();
         let p0 = self.fleet.progress().await?;
         let c0 = CpuSnapshot::take(server_pids, broker_pid, &clients);
+        let backend_pid = self.backend_pid.filter(|_| system == System::Otako);
+        let b0 = backend_pid.map(|p| measure::cpu_time_sum(&[p]));
         let (start_us, t0) = (latency::now_us(), Instant::now());
         let probe = latency::WakeupProbe::start();
         tokio::time::sleep(plan.duration()).await;
         let wakeup = probe.finish();
         let p1 = self.fleet.progress().await?;
         let c1 = CpuSnapshot::take(server_pids, broker_pid, &clients);
+        let b1 = backend_pid.map(|p| measure::cpu_time_sum(&[p]));
         let window = t0.elapsed();
         let reports = self.fleet.reports().await?;
         stop.cancel();
@@ -628,6 +636,9 @@ impl PhaseContext<'_> {
             server_cpu_us_per_delivery: per_delivery(server, deliveries),
             broker_cpu_us_per_delivery: broker_pid
                 .and_then(|_| per_delivery(c1.broker.saturating_sub(c0.broker), deliveries)),
+            backend_cpu_us_per_delivery: b0
+                .zip(b1)
+                .and_then(|(b0, b1)| per_delivery(b1.saturating_sub(b0), deliveries)),
             clients_cpu_us_per_delivery: per_delivery(
                 c1.clients.saturating_sub(c0.clients),
                 deliveries,

@@ -62,6 +62,8 @@ pub struct Endpoints {
     /// The stack's nats-server, when known (its CPU is reported too).
     pub nats_pid: Option<u32>,
     pub backend_url: Option<String>,
+    /// The backend the bench started, when it did (its CPU is reported too).
+    pub backend_pid: Option<u32>,
     pub secret: String,
 }
 
@@ -344,6 +346,7 @@ impl OwnStack {
             nats_pid: Some(nats.pid()),
             nats_url,
             backend_url,
+            backend_pid: backend.as_ref().map(Proc::pid),
             secret: secret.to_owned(),
         };
         Ok((

@@ -122,10 +122,13 @@ async fn a_dead_replicas_channel_is_taken_over_once_its_lease_runs_out() {
     let (alice, bob, channel) = stack.alice_and_bob("general").await;
     let mut session = stack.gateway(0).connect(&bob.token, "bob").await;
     // What a replica that died while sending the channel's events leaves
-    // behind: its lease, 3 s from running out.
+    // behind: its lease, 3 s from running out (over the row the channel's
+    // first events left, given back).
     sqlx::query(
         "INSERT INTO outbox_leases (channel_id, holder, expires_at) \
-         VALUES ($1, 'backend-dead', now() + interval '3 seconds')",
+         VALUES ($1, 'backend-dead', now() + interval '3 seconds') \
+         ON CONFLICT (channel_id) DO UPDATE \
+            SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at",
     )
     .bind(channel.parse::<i64>().unwrap())
     .execute(stack.db.pool())
