@@ -226,7 +226,7 @@ impl Dispatcher {
                 match self.due_channels().await {
                     Ok(channels) => {
                         for channel_id in channels {
-                            self.start(channel_id, &active, &wake);
+                            self.start(channel_id, false, &active, &wake);
                         }
                     }
                     Err(e) => {
@@ -236,7 +236,7 @@ impl Dispatcher {
                 }
             }
             for channel_id in wake.take() {
-                self.start(channel_id, &active, &wake);
+                self.start(channel_id, true, &active, &wake);
             }
             let busy = active.lock().expect("not poisoned").len();
             metrics::gauge!("otako_outbox_channels_active").set(busy as f64);
@@ -265,12 +265,15 @@ impl Dispatcher {
         .await
     }
 
-    /// Starts the channel's worker, or tells the running one to look again
-    /// before it ends.
-    fn start(&self, channel_id: i64, active: &Active, wake: &Wake) {
+    /// Starts the channel's worker. A running one is told to look again
+    /// before it ends when an event was just `committed` here; a poll that
+    /// finds the channel busy leaves it be: the worker reads the outbox
+    /// until nothing is pending, so restarting it after every poll would
+    /// only spend a lease and two reads per busy channel each `POLL`.
+    fn start(&self, channel_id: i64, committed: bool, active: &Active, wake: &Wake) {
         let mut workers = active.lock().expect("not poisoned");
         match workers.get_mut(&channel_id) {
-            Some(again) => *again = true,
+            Some(again) => *again |= committed,
             None => {
                 workers.insert(channel_id, false);
                 let worker = self

@@ -95,9 +95,10 @@ pub struct Hub {
     waiting: AtomicUsize,
     advanced: Notify,
     queue_capacity: usize,
-    /// Backend commit to the frame's write, per frame. Resolved once:
-    /// looking a metric up per frame costs more than recording.
-    pub commit_to_socket: metrics::Histogram,
+    /// Backend commit to the frame's write, per frame (see
+    /// [`Hub::record_written`]). Resolved once: looking a metric up per
+    /// frame costs more than recording.
+    commit_to_socket: metrics::Histogram,
 }
 
 /// Events with at most this many recipients on the node are written by the
@@ -403,15 +404,20 @@ impl Hub {
             }
         }
         if written > 0 {
-            if let Some(at) = frame.committed_at_us {
-                let now_us = chrono::Utc::now().timestamp_micros();
-                let seconds = (now_us - at).max(0) as f64 / 1e6;
-                for _ in 0..written {
-                    self.commit_to_socket.record(seconds);
-                }
-            }
+            self.record_written(frame, written, chrono::Utc::now().timestamp_micros());
         }
         taken + written
+    }
+
+    /// Records that `frame` reached `sessions` sockets at `now_us`, whoever
+    /// wrote it (the routing path, or a session's task).
+    pub fn record_written(&self, frame: &Frame, sessions: usize, now_us: i64) {
+        if let Some(at) = frame.committed_at_us {
+            let seconds = (now_us - at).max(0) as f64 / 1e6;
+            for _ in 0..sessions {
+                self.commit_to_socket.record(seconds);
+            }
+        }
     }
 }
 

@@ -74,6 +74,15 @@ impl Outbox {
     fn has_pending(&self) -> bool {
         !self.frames.is_empty() || self.rest.is_some()
     }
+
+    /// The task writes from here on; see [`SessionHandle::take_over`].
+    fn take_over(&mut self) -> Takeover {
+        self.task_writing = true;
+        Takeover {
+            s: self.s,
+            rest: self.rest.take(),
+        }
+    }
 }
 
 /// How the hub's offer of a frame went.
@@ -87,7 +96,9 @@ pub enum Offered {
     Refused,
 }
 
-/// What the task must write first when it takes over the socket.
+/// What the task must write first when it takes over the socket. An ended
+/// session's is empty (its task is closing).
+#[derive(Default)]
 pub struct Takeover {
     /// The `s` of the last dispatch frame on the wire.
     pub s: u64,
@@ -213,15 +224,11 @@ impl SessionHandle {
     /// [`SessionHandle::hand_back`]: returns the `s` to number after and
     /// what the routing path left unwritten.
     pub fn take_over(&self) -> Takeover {
-        let mut guard = self.out.lock();
-        let Some(out) = guard.as_mut() else {
-            return Takeover { s: 0, rest: None };
-        };
-        out.task_writing = true;
-        Takeover {
-            s: out.s,
-            rest: out.rest.take(),
-        }
+        self.out
+            .lock()
+            .as_mut()
+            .map(Outbox::take_over)
+            .unwrap_or_default()
     }
 
     /// Gives the socket back to the routing path after the task wrote up to
@@ -243,18 +250,14 @@ impl SessionHandle {
     pub fn take(&self, max: usize, into: &mut Vec<Arc<Frame>>) -> Takeover {
         let mut guard = self.out.lock();
         let Some(out) = guard.as_mut() else {
-            return Takeover { s: 0, rest: None };
+            return Takeover::default();
         };
         let n = out.frames.len().min(max);
         into.extend(out.frames.drain(..n));
         if out.frames.is_empty() && out.frames.capacity() > KEEP_QUEUE_SLOTS {
             out.frames = VecDeque::new();
         }
-        out.task_writing = true;
-        Takeover {
-            s: out.s,
-            rest: out.rest.take(),
-        }
+        out.take_over()
     }
 
     /// Whether frames (or the end of one) are waiting.

@@ -20,7 +20,7 @@ use crate::auth::{self, AuthError, Upgrade};
 use crate::db;
 use crate::fanout::Registration;
 use crate::frame::Frame;
-use crate::handle::SessionHandle;
+use crate::handle::{SessionHandle, Takeover};
 use crate::heartbeat::{self, Beat, BeatWindow};
 use crate::history::HistoryError;
 use crate::limit::Lease;
@@ -543,22 +543,20 @@ impl Session {
     /// and finishes the frame it left half-written, if any. The caller hands
     /// it back when it goes on serving.
     fn hold<'a>(&'a mut self, handle: &'a SessionHandle) -> BoxFuture<'a, Result<(), WriteFailed>> {
-        Box::pin(async move {
-            let took = handle.take_over();
-            self.seq = took.s;
-            match took.rest {
-                Some(rest) => self.write_rest(&rest).await,
-                None => Ok(()),
-            }
-        })
+        Box::pin(self.settle(handle.take_over()))
     }
 
-    /// Writes the end of a frame the routing path started, straight to the
-    /// socket: tungstenite has nothing buffered (its writes always finish
-    /// before the routing path may write again).
-    async fn write_rest(&mut self, rest: &[u8]) -> Result<(), WriteFailed> {
+    /// Goes on from where the routing path left the socket: numbers after
+    /// its last frame, and writes the end of a frame it started straight to
+    /// the socket (tungstenite has nothing buffered: its writes always
+    /// finish before the routing path may write again).
+    async fn settle(&mut self, took: Takeover) -> Result<(), WriteFailed> {
         use tokio::io::AsyncWriteExt;
-        match timeout(WRITE_TIMEOUT, self.ws.get_mut().write_all(rest)).await {
+        self.seq = took.s;
+        let Some(rest) = took.rest else {
+            return Ok(());
+        };
+        match timeout(WRITE_TIMEOUT, self.ws.get_mut().write_all(&rest)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(WriteFailed),
         }
@@ -573,12 +571,7 @@ impl Session {
         Box::pin(async move {
             let mut batch = Vec::new();
             let took = handle.take(MAX_BATCH, &mut batch);
-            self.seq = took.s;
-            if let Some(rest) = took.rest {
-                self.write_rest(&rest)
-                    .await
-                    .map_err(|_| CloseCode::TooSlow)?;
-            }
+            self.settle(took).await.map_err(|_| CloseCode::TooSlow)?;
             self.write_frames(&batch).await?;
             handle.hand_back(self.seq);
             Ok(())
@@ -612,12 +605,7 @@ impl Session {
             }
             let now_us = chrono::Utc::now().timestamp_micros();
             for frame in frames {
-                if let Some(at) = frame.committed_at_us {
-                    self.node
-                        .hub
-                        .commit_to_socket
-                        .record((now_us - at).max(0) as f64 / 1e6);
-                }
+                self.node.hub.record_written(frame, 1, now_us);
             }
             Ok(())
         })

@@ -202,3 +202,63 @@ async fn updates_arrive_in_order_and_never_go_back_to_an_earlier_version() {
     }
     assert_eq!(answers.last().unwrap()["content"], "v20");
 }
+
+/// The routing path writes a small channel's frames to the socket itself,
+/// and the session's task writes heartbeat acks and pongs to the same
+/// socket (`SessionHandle`): with both going at once, every frame arrives
+/// whole (the client parses each; a frame cut into by another would not),
+/// dispatches numbered one after the other (the client checks `s`), and
+/// every message in post order. A guard for that mechanism: a task that
+/// wrote without taking the socket over would interleave bytes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_acks_and_pongs_among_routed_frames_arrive_whole_and_in_order() {
+    const MESSAGES: usize = 300;
+    let interval = std::time::Duration::from_millis(600);
+    let stack = Stack::builder()
+        .heartbeat_ms(interval.as_millis() as u64)
+        .build()
+        .await;
+    let (alice, bob, channel) = stack.alice_and_bob("general").await;
+    let mut bob_session = stack.gateway(0).connect(&bob.token, "bob").await;
+
+    let poster = {
+        let (api, channel, token) = (stack.api().clone(), channel.clone(), alice.token.clone());
+        tokio::spawn(async move {
+            for k in 0..MESSAGES {
+                api.post_message(&token, &channel, &format!("m{k}"), None)
+                    .await;
+            }
+        })
+    };
+    let (mut contents, mut acks, mut pongs, mut beats) = (Vec::new(), 0, 0, 0);
+    // Three beats per interval (the limit is four), alternately a heartbeat
+    // and a ping, until every message has arrived.
+    let mut next_beat = tokio::time::Instant::now();
+    while contents.len() < MESSAGES {
+        if tokio::time::Instant::now() >= next_beat {
+            if beats % 2 == 0 {
+                bob_session.heartbeat().await;
+            } else {
+                bob_session.send_ping(b"p".to_vec()).await;
+            }
+            beats += 1;
+            next_beat += interval / 3;
+        }
+        match bob_session.next_incoming(ARRIVE).await {
+            Some(otako_e2e::Incoming::Json(v)) if v == json!({"op": 11}) => acks += 1,
+            Some(otako_e2e::Incoming::Json(v)) => {
+                assert_eq!(v["t"], "EVENT_MESSAGE_CREATE", "unexpected frame: {v}");
+                contents.push(v["d"]["content"].as_str().unwrap().to_owned());
+            }
+            Some(otako_e2e::Incoming::Pong(_)) => pongs += 1,
+            other => panic!("expected frames, got {other:?}"),
+        }
+    }
+    poster.await.expect("the poster");
+    let expected: Vec<String> = (0..MESSAGES).map(|k| format!("m{k}")).collect();
+    assert_eq!(contents, expected, "every message, in post order");
+    assert!(
+        acks + pongs + 2 >= beats && acks > 0 && pongs > 0,
+        "acks {acks} and pongs {pongs} for {beats} beats"
+    );
+}
