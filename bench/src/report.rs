@@ -73,8 +73,14 @@ pub struct DriveResult {
     /// CPU of the system's server processes (gateways, or the peer's nats-server).
     pub server_cpu_seconds: f64,
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// How often the server processes' threads went to sleep (and were
+    /// woken again), per delivery.
+    #[serde(default)]
+    pub server_sleeps_per_delivery: Option<f64>,
     /// CPU of the Otako stack's nats-server (the firehose), when known.
     pub broker_cpu_us_per_delivery: Option<f64>,
+    #[serde(default)]
+    pub broker_sleeps_per_delivery: Option<f64>,
     /// CPU of Otako's backend, when the bench started one (the HTTP drive).
     #[serde(default)]
     pub backend_cpu_us_per_delivery: Option<f64>,
@@ -410,8 +416,14 @@ pub fn table(r: &Report) -> String {
     row("server CPU µs/delivery", &|s| {
         opt(d(s).and_then(|d| d.server_cpu_us_per_delivery), 2)
     });
+    row("server sleeps/delivery", &|s| {
+        opt(d(s).and_then(|d| d.server_sleeps_per_delivery), 2)
+    });
     row("broker CPU µs/delivery", &|s| {
         opt(d(s).and_then(|d| d.broker_cpu_us_per_delivery), 2)
+    });
+    row("broker sleeps/delivery", &|s| {
+        opt(d(s).and_then(|d| d.broker_sleeps_per_delivery), 2)
     });
     row("backend CPU µs/delivery", &|s| {
         opt(d(s).and_then(|d| d.backend_cpu_us_per_delivery), 2)

@@ -9,7 +9,7 @@ use crate::control::{Command, SessionSpec, System};
 use crate::driver::{ChannelTarget, Sender};
 use crate::fleet::{Fleet, FleetError, Opened};
 use crate::latency::{self, Merged};
-use crate::measure::{self, per_delivery, CpuSnapshot};
+use crate::measure::{self, per_count, per_delivery, CpuSnapshot};
 use crate::plan::{Plan, PlanError};
 use crate::procfs;
 use crate::report::{self, Comparison, DriveResult, Report, RssPoint, SystemResult};
@@ -609,7 +609,7 @@ impl PhaseContext<'_> {
         // Out of file descriptors (seen once with the HTTP drive past what
         // the machine serves), every /proc read fails and each CPU figure
         // would read zero: say so and leave them out instead.
-        let cpu_read = c1.machine.busy > c0.machine.busy;
+        let cpu_read = c1.machine.read();
         if !cpu_read {
             eprintln!(
                 "[otako-bench] warning: could not read CPU times at the end of the window \
@@ -645,8 +645,18 @@ impl PhaseContext<'_> {
             unstamped: reports.iter().map(|r| r.unstamped).sum(),
             server_cpu_seconds: server.as_secs_f64(),
             server_cpu_us_per_delivery: cpu(per_delivery(server, deliveries)),
+            server_sleeps_per_delivery: cpu(per_count(
+                c1.server_sleeps.saturating_sub(c0.server_sleeps),
+                deliveries,
+            )),
             broker_cpu_us_per_delivery: cpu(broker_pid
                 .and_then(|_| per_delivery(c1.broker.saturating_sub(c0.broker), deliveries))),
+            broker_sleeps_per_delivery: cpu(broker_pid.and_then(|_| {
+                per_count(
+                    c1.broker_sleeps.saturating_sub(c0.broker_sleeps),
+                    deliveries,
+                )
+            })),
             backend_cpu_us_per_delivery: cpu(b0
                 .zip(b1)
                 .and_then(|(b0, b1)| per_delivery(b1.saturating_sub(b0), deliveries))),
@@ -662,17 +672,9 @@ impl PhaseContext<'_> {
                 c1.database.saturating_sub(c0.database),
                 deliveries,
             )),
-            machine_cores_busy: c1
-                .machine
-                .busy
-                .saturating_sub(c0.machine.busy)
-                .as_secs_f64()
+            machine_cores_busy: c1.machine.busy_since(&c0.machine).as_secs_f64()
                 / window.as_secs_f64(),
-            machine_cores_stolen: c1
-                .machine
-                .steal
-                .saturating_sub(c0.machine.steal)
-                .as_secs_f64()
+            machine_cores_stolen: c1.machine.stolen_since(&c0.machine).as_secs_f64()
                 / window.as_secs_f64(),
             machine_wakeup_late_us: wakeup,
             series: merged.series(start_us),

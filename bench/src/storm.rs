@@ -397,18 +397,8 @@ pub async fn run(s: StormSetup<'_>) -> Result<StormResult, StormError> {
     r.broker_cpu_seconds = c1.broker.saturating_sub(c0.broker).as_secs_f64();
     r.database_cpu_seconds = c1.database.saturating_sub(c0.database).as_secs_f64();
     r.clients_cpu_seconds = c1.clients.saturating_sub(c0.clients).as_secs_f64();
-    r.machine_cores_busy = c1
-        .machine
-        .busy
-        .saturating_sub(c0.machine.busy)
-        .as_secs_f64()
-        / secs;
-    r.machine_cores_stolen = c1
-        .machine
-        .steal
-        .saturating_sub(c0.machine.steal)
-        .as_secs_f64()
-        / secs;
+    r.machine_cores_busy = c1.machine.busy_since(&c0.machine).as_secs_f64() / secs;
+    r.machine_cores_stolen = c1.machine.stolen_since(&c0.machine).as_secs_f64() / secs;
     r.loadavg_at_storm = loadavg_at_storm;
     r.machine_wakeup_late_us = wakeup;
     r.rss_series = rss_series;
