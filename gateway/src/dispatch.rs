@@ -4,8 +4,8 @@
 //!
 //! Nothing in the request is trusted but the ids: the loaded row must belong
 //! to the channel the event names. The reply goes out only after the history
-//! acknowledged the append, so `success:true` means every node will route
-//! the event, whatever fails next.
+//! holds the event (see [`History::append`]), so `success:true` means every
+//! node will route the event, whatever fails next.
 
 use crate::db::{self, DbError};
 use crate::history::{History, HistoryError};

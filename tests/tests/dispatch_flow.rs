@@ -269,3 +269,40 @@ async fn a_dispatch_naming_the_wrong_channel_is_answered_false_and_delivers_noth
     assert_eq!(d["channel_id"], home.to_string());
     expect_all_quiet(&mut sessions).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_is_confirmed_by_the_nodes_own_delivery_and_a_retry_by_the_stream() {
+    // A first attempt needs no ack from the stream: the node's own consumer
+    // delivering the event shows it is stored. A retry the stream drops as a
+    // duplicate never comes back that way, so the node asks the stream, and
+    // answers success without a second delivery.
+    let stack = Stack::builder().backend(false).build().await;
+    let alice = stack.db.insert_user("alice").await;
+    let channel = stack.db.insert_channel(alice, "general").await;
+    let gw = stack.gateway(0);
+    let mut client = gw.connect(&stack.token_for(alice, "alice"), "alice").await;
+    let sender = stack.dispatcher(0).await;
+    let acked = || otako_e2e::metric(gw, "otako_history_acked_appends_total", &[]);
+
+    let message = stack.db.insert_message(channel, alice, "once").await;
+    let body = otako_e2e::event_body(
+        "EVENT_MESSAGE_CREATE",
+        json!({"id": message.to_string(), "channel_id": channel.to_string()}),
+        json!("1"),
+        json!(fresh_event_id()),
+    );
+    let first = sender.send(body.clone()).await;
+    assert!(first.success(), "{}", first.raw);
+    let d = client.expect_dispatch("EVENT_MESSAGE_CREATE").await;
+    assert_eq!(d["id"], message.to_string());
+    assert_eq!(acked().await, 0.0, "the first attempt asked the stream");
+
+    let retry = sender.send(body).await;
+    assert!(retry.success(), "{}", retry.raw);
+    assert_eq!(
+        acked().await,
+        1.0,
+        "the retry was not answered by the stream"
+    );
+    expect_all_quiet(&mut [client]).await;
+}
