@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// limit). Default: the server's (1,000 per stream since 2.15).
     #[arg(long, allow_negative_numbers = true)]
     pub nats_max_consumers: Option<i64>,
+    /// `GOMAXPROCS` of the nats-servers the bench starts, the stack's and
+    /// the peer's alike (default: Go's, every core of the machine).
+    #[arg(long)]
+    pub nats_procs: Option<usize>,
     /// Storm: events posted to each channel while its sessions are away,
     /// which each resume then replays.
     #[arg(long)]

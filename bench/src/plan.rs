@@ -2,6 +2,7 @@
 
 use crate::config::{Drive, RunArgs, Scenario};
 use crate::seed::Layout;
+use crate::stack::NatsTuning;
 use crate::workload::Rate;
 use serde::Serialize;
 use std::time::Duration;
@@ -26,8 +27,8 @@ pub struct Plan {
     pub gateway_threads: usize,
     /// Storm: events posted to each channel while its sessions are away.
     pub gap_events: usize,
-    /// NATS's `default_max_consumers`, when the run sets it.
-    pub nats_max_consumers: Option<i64>,
+    /// Settings of the nats-servers the bench starts, when the run sets them.
+    pub nats: NatsTuning,
     /// Instructions: events measured under callgrind.
     pub events: usize,
 }
@@ -214,7 +215,10 @@ impl Plan {
             connect_concurrency: a.connect_concurrency.max(1),
             gateway_threads: a.gateway_threads.unwrap_or(default_threads).max(1),
             gap_events: a.gap_events.unwrap_or(1),
-            nats_max_consumers: a.nats_max_consumers,
+            nats: NatsTuning {
+                max_consumers: a.nats_max_consumers,
+                procs: a.nats_procs.map(|n| n.max(1)),
+            },
             events: a.events.unwrap_or(2_000).max(1),
         };
         if plan.sessions == 0 {

@@ -133,7 +133,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
             &paths,
             (plan.nodes, plan.gateway_threads),
             plan.drive == Drive::Http,
-            plan.nats_max_consumers,
+            plan.nats,
             wrapper.as_ref(),
             &secret,
             &run_id,
@@ -142,7 +142,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         (Some(s), e)
     };
     let peer = if plan.peer {
-        Some(Peer::start(&paths).await?)
+        Some(Peer::start(&paths, plan.nats).await?)
     } else {
         None
     };

@@ -67,6 +67,26 @@ pub struct Endpoints {
     pub secret: String,
 }
 
+/// Settings of the nats-servers the bench starts.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct NatsTuning {
+    /// NATS's `default_max_consumers` for the stack's server.
+    pub max_consumers: Option<i64>,
+    /// `GOMAXPROCS` of every nats-server the bench starts, the peer's
+    /// included: what Go (1.25 and later) picks under a CPU limit of that
+    /// many cores. Unset, Go takes every core of the machine.
+    pub procs: Option<usize>,
+}
+
+impl NatsTuning {
+    fn procs_env(&self) -> Vec<(&'static str, String)> {
+        self.procs
+            .map(|n| ("GOMAXPROCS", n.to_string()))
+            .into_iter()
+            .collect()
+    }
+}
+
 /// A stack started by the bench; everything stops when it is dropped.
 pub struct OwnStack {
     gateways: Vec<Proc>,
@@ -182,16 +202,16 @@ pub fn nats_server_binary(root: &Path) -> PathBuf {
 impl OwnStack {
     /// Starts PostgreSQL (shared, idempotent), a fresh database, NATS with
     /// JetStream, `nodes` gateway nodes and, if asked, the backend.
-    /// `max_consumers` sets NATS's `default_max_consumers` (consumers per
-    /// stream that sets no limit of its own; -1 for none); without it the
-    /// server keeps its default (1,000 since nats-server 2.15). With
+    /// `nats.max_consumers` sets NATS's `default_max_consumers` (consumers
+    /// per stream that sets no limit of its own; -1 for none); without it
+    /// the server keeps its default (1,000 since nats-server 2.15). With
     /// `callgrind`, the first node runs under it.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         paths: &Paths,
         (nodes, threads): (usize, usize),
         backend: bool,
-        max_consumers: Option<i64>,
+        nats: NatsTuning,
         callgrind: Option<&Wrapper>,
         secret: &str,
         run_id: &str,
@@ -230,8 +250,8 @@ impl OwnStack {
         let nats_script = paths.root.join("deploy/scripts/nats.sh");
         // nats.sh reads a configuration file first when OTAKO_NATS_CONFIG
         // names one; its flags still set the port and the store.
-        let mut nats_env = Vec::new();
-        if let Some(n) = max_consumers {
+        let mut nats_env = nats.procs_env();
+        if let Some(n) = nats.max_consumers {
             let conf = paths.run_dir.join("nats-limits.conf");
             let text =
                 format!("jetstream {{\n  limits {{\n    default_max_consumers: {n}\n  }}\n}}\n");
@@ -394,7 +414,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub async fn start(paths: &Paths) -> Result<Peer, StackError> {
+    /// Only `nats.procs` applies to the peer: the same Go scheduler
+    /// setting for both brokers keeps the comparison even.
+    pub async fn start(paths: &Paths, nats: NatsTuning) -> Result<Peer, StackError> {
         let (port, ws_port) = (port()?, port()?);
         let dir = paths.run_dir.join("peer");
         std::fs::create_dir_all(&dir).map_err(|source| StackError::Io {
@@ -415,7 +437,7 @@ impl Peer {
             "peer-nats",
             nats_server_binary(&paths.root),
             &["-c", &conf.to_string_lossy()],
-            &[],
+            &nats.procs_env(),
             &paths.run_dir.join("logs").join("peer-nats.log"),
         )?;
         let ws_addr = loopback(ws_port);
