@@ -13,7 +13,8 @@
 # storm: 10,000 sessions on one node drop at once and all resume together
 # (time until all are live again, retries, resumed:false, the node's peak
 # RSS and CPU); about half a minute. `--nats-max-consumers -1` lifts
-# nats-server's default of 1,000 consumers per stream (see BENCHMARKS.md).
+# nats-server's default of 1,000 consumers per stream (see BENCHMARKS.md);
+# `--nats-procs 1` runs every nats-server, the peer's too, with GOMAXPROCS=1.
 #
 # Results go to docs/bench/<scenario>/ (OTAKO_BENCH_OUT overrides the
 # folder); any further flags go to `otako-bench run` (see its --help), e.g.
