@@ -326,6 +326,12 @@ impl History {
             }
             awaiting.insert(msg_id.to_owned(), tx);
         }
+        // However this ends (no delivery in time, or the request dropped
+        // mid-wait), the entry goes; a delivery already took its own.
+        let _forget = Forget {
+            awaiting: &self.awaiting,
+            msg_id,
+        };
         let sent = self
             .js
             .client()
@@ -338,9 +344,6 @@ impl History {
                 .and_then(Result::ok),
             Err(_) => None,
         };
-        if seq.is_none() {
-            self.awaiting.lock().expect("not poisoned").remove(msg_id);
-        }
         seq
     }
 
@@ -606,6 +609,20 @@ impl History {
             }
         }
         Ok(Some(out))
+    }
+}
+
+/// Takes an append's entry out of [`History::awaiting`] when its wait ends.
+struct Forget<'a> {
+    awaiting: &'a Mutex<HashMap<String, oneshot::Sender<u64>>>,
+    msg_id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut awaiting) = self.awaiting.lock() {
+            awaiting.remove(self.msg_id);
+        }
     }
 }
 
