@@ -29,14 +29,18 @@ fn read(path: PathBuf) -> Result<(String, PathBuf), ProcError> {
     }
 }
 
-/// A KiB figure of `/proc/<pid>/status` (`field` with its colon).
-fn status_kib(pid: u32, field: &'static str) -> Result<u64, ProcError> {
-    let (text, path) = read(PathBuf::from(format!("/proc/{pid}/status")))?;
+/// The number that follows `field` (with its colon) in a `status` file's text.
+fn status_number(text: &str, field: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or(ProcError::Missing { path, field })
+}
+
+/// A KiB figure of `/proc/<pid>/status` (`field` with its colon).
+fn status_kib(pid: u32, field: &'static str) -> Result<u64, ProcError> {
+    let (text, path) = read(PathBuf::from(format!("/proc/{pid}/status")))?;
+    status_number(&text, field).ok_or(ProcError::Missing { path, field })
 }
 
 /// `VmRSS` of a process, in KiB.
@@ -108,11 +112,7 @@ pub fn sleeps(pid: u32) -> Result<u64, ProcError> {
         let Ok(text) = std::fs::read_to_string(task.path().join("status")) else {
             continue;
         };
-        sum += text
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        sum += status_number(&text, "voluntary_ctxt_switches:").unwrap_or(0);
     }
     Ok(sum)
 }
@@ -272,8 +272,7 @@ mod tests {
         );
         assert_eq!(rss_sum_kib(&[u32::MAX]), 0);
         let _ = cpu_time(me).unwrap();
-        // This test's thread has slept at least once (reading /proc did not
-        // need it, but the test harness's start did).
+        // The test harness's threads have blocked at least once by now.
         assert!(sleeps(me).unwrap() > 0);
         assert_eq!(sleeps_sum(&[u32::MAX]), 0);
         assert!(peak_rss_kib(me).unwrap() >= rss_kib(me).unwrap() / 2);

@@ -128,7 +128,16 @@ pub struct History {
     /// consumer, by message id: that delivery shows the stream stored it,
     /// so the append needs no ack (one message less per event for the
     /// broker and for this node).
-    awaiting: Mutex<HashMap<String, oneshot::Sender<u64>>>,
+    awaiting: Mutex<Awaiting>,
+}
+
+/// The appends waiting on this node's consumer: message id -> the append's
+/// ticket and where to send the position. The ticket lets an append take
+/// out only its own entry, never a later append's of the same id.
+#[derive(Default)]
+struct Awaiting {
+    next_ticket: u64,
+    by_msg_id: HashMap<String, (u64, oneshot::Sender<u64>)>,
 }
 
 impl History {
@@ -319,18 +328,22 @@ impl History {
         body: &Bytes,
     ) -> Option<u64> {
         let (tx, rx) = oneshot::channel();
-        {
+        let ticket = {
             let mut awaiting = self.awaiting.lock().expect("not poisoned");
-            if awaiting.contains_key(msg_id) {
+            if awaiting.by_msg_id.contains_key(msg_id) {
                 return None;
             }
-            awaiting.insert(msg_id.to_owned(), tx);
-        }
+            awaiting.next_ticket += 1;
+            let ticket = awaiting.next_ticket;
+            awaiting.by_msg_id.insert(msg_id.to_owned(), (ticket, tx));
+            ticket
+        };
         // However this ends (no delivery in time, or the request dropped
         // mid-wait), the entry goes; a delivery already took its own.
         let _forget = Forget {
             awaiting: &self.awaiting,
             msg_id,
+            ticket,
         };
         let sent = self
             .js
@@ -352,10 +365,10 @@ impl History {
     fn delivered(&self, msg_id: Option<&str>, seq: u64) {
         let Some(msg_id) = msg_id else { return };
         let mut awaiting = self.awaiting.lock().expect("not poisoned");
-        if awaiting.is_empty() {
+        if awaiting.by_msg_id.is_empty() {
             return;
         }
-        if let Some(tx) = awaiting.remove(msg_id) {
+        if let Some((_, tx)) = awaiting.by_msg_id.remove(msg_id) {
             let _ = tx.send(seq);
         }
     }
@@ -614,14 +627,21 @@ impl History {
 
 /// Takes an append's entry out of [`History::awaiting`] when its wait ends.
 struct Forget<'a> {
-    awaiting: &'a Mutex<HashMap<String, oneshot::Sender<u64>>>,
+    awaiting: &'a Mutex<Awaiting>,
     msg_id: &'a str,
+    ticket: u64,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         if let Ok(mut awaiting) = self.awaiting.lock() {
-            awaiting.remove(self.msg_id);
+            if awaiting
+                .by_msg_id
+                .get(self.msg_id)
+                .is_some_and(|(ticket, _)| *ticket == self.ticket)
+            {
+                awaiting.by_msg_id.remove(self.msg_id);
+            }
         }
     }
 }
