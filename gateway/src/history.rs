@@ -60,6 +60,15 @@ const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// the backend's 2 s per attempt, so the slow path still answers in time.
 const OWN_DELIVERY_WAIT: Duration = Duration::from_millis(250);
 
+/// How often the follower, while nothing arrives, asks the stream whether
+/// it holds events the node has not routed. A consumer can stop delivering
+/// without async-nats noticing (it still beats, or it was paused, or its
+/// making-again keeps failing): two checks in a row that find the stream
+/// ahead of an unmoved position make it again, so such a stall lasts about
+/// two of these. The check is one JetStream request per idle second per
+/// node, and none while events flow.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 /// What a stored event's signature names: its subject and message id.
 fn signed_name(subject: &str, msg_id: &str) -> String {
     format!("{subject} {msg_id}")
@@ -471,14 +480,58 @@ impl History {
                     continue;
                 }
             };
-            while let Some(next) = messages.next().await {
-                match next {
-                    Ok(msg) => self.route(&hub, &msg),
-                    // The consumer makes itself again on the next poll.
-                    Err(e) => warn!(error = %e, "history consumer interrupted; catching up"),
+            let mut check =
+                tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut stall = Stall::default();
+            loop {
+                tokio::select! {
+                    // Deliveries first: while they flow, the check is not polled.
+                    biased;
+                    next = messages.next() => match next {
+                        Some(Ok(msg)) => self.route(&hub, &msg),
+                        // The consumer makes itself again on the next poll.
+                        Some(Err(e)) => warn!(error = %e, "history consumer interrupted; catching up"),
+                        None => break,
+                    },
+                    _ = check.tick() => {
+                        if self.stalled(&mut stall, hub.last_seq()).await {
+                            warn!(
+                                position = hub.last_seq(),
+                                "the history holds events its consumer does not deliver; following it anew"
+                            );
+                            metrics::counter!("otako_history_follower_restarts_total").increment(1);
+                            break;
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// One idle check of the follower: whether the stream was ahead of
+    /// `position` at this check and at the one before, with the position
+    /// unmoved in between. A check the stream cannot answer (an election)
+    /// decides nothing; the consumer's own recovery covers that time.
+    async fn stalled(&self, stall: &mut Stall, position: u64) -> bool {
+        if stall.position != Some(position) {
+            *stall = Stall {
+                position: Some(position),
+                ahead: false,
+            };
+        }
+        let last = match tokio::time::timeout(STALL_CHECK, self.bounds()).await {
+            Ok(Ok((_, last))) => last,
+            Ok(Err(e)) => {
+                debug!(error = %e, "could not check the history's last position");
+                return false;
+            }
+            Err(_) => return false,
+        };
+        let ahead = last > position;
+        let stalled = ahead && stall.ahead;
+        stall.ahead = ahead;
+        stalled
     }
 
     fn route(&self, hub: &Hub, msg: &jetstream::Message) {
@@ -623,6 +676,15 @@ impl History {
         }
         Ok(Some(out))
     }
+}
+
+/// What the follower's idle checks saw at one routed position.
+#[derive(Default)]
+struct Stall {
+    /// The position the checks were made at.
+    position: Option<u64>,
+    /// Whether the last check found the stream holding events after it.
+    ahead: bool,
 }
 
 /// Takes an append's entry out of [`History::awaiting`] when its wait ends.

@@ -188,6 +188,14 @@ async fn events_wait_while_no_gateway_answers_and_all_arrive_in_order() {
     stack.db.wait_outbox_settled(ARRIVE).await;
     let backend_url = |path: &str| format!("{}{path}", api.base());
 
+    // The backend must have seen the node before it is stopped: until its
+    // first ping round ends, `/healthz` reports no node either, and a wait for
+    // "no gateway" would pass before the node was ever counted.
+    wait::until_true("the backend to see the gateway", ARRIVE, || async {
+        http_json(&backend_url("/healthz")).await.1["gateways"]["nodes"] == 1
+    })
+    .await;
+
     // Stop every gateway node.
     stack.gateways[0].proc().sigterm();
     let exit = stack.gateways[0]

@@ -328,3 +328,58 @@ async fn session_starts_past_the_nodes_cap_are_told_to_come_back_with_1013() {
         otako_e2e::metric(stack.gateway(0), "otako_session_starts_refused_total", &[]).await;
     assert!(refused >= 2.0, "{refused}");
 }
+
+/// A history consumer that stops delivering while the node's link stays up
+/// (here: paused on the server, as an operator or a server-side fault can
+/// do) must not hold the node's sessions: the follower sees the stream ahead
+/// of what it routed and follows it anew within seconds, losing nothing and
+/// doubling nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_consumer_that_stops_delivering_is_made_again() {
+    use futures_util::StreamExt;
+    let stack = Stack::builder().heartbeat_ms(300_000).build().await;
+    let api = stack.api().clone();
+    let (alice, bob, channel) = stack.alice_and_bob("general").await;
+    let mut c = stack.gateway(0).connect(&bob.token, "bob").await;
+    api.post_message(&alice.token, &channel, "before", None)
+        .await;
+    assert_eq!(read_messages(&mut c, 1, ARRIVE).await, ["before"]);
+
+    // Pause every consumer of the history: the follower's among them.
+    let js = async_nats::jetstream::new(stack.nats.client(0).await);
+    let stream = js
+        .get_stream(otako_common::history::HISTORY_STREAM)
+        .await
+        .unwrap();
+    let names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
+    assert!(!names.is_empty(), "the node follows the history");
+    let until = async_nats::datetime::add_std_duration(
+        async_nats::datetime::now(),
+        Duration::from_secs(3_600),
+    )
+    .unwrap();
+    for name in &names {
+        let paused = stream.pause_consumer(name, until).await.unwrap();
+        assert!(paused.paused, "{name} did not pause");
+    }
+
+    // The consumer's own recovery (a missed heartbeat, 10 s) would come
+    // later than this, or never while a paused consumer still beats.
+    api.post_message(&alice.token, &channel, "while paused", None)
+        .await;
+    assert_eq!(
+        read_messages(&mut c, 1, Duration::from_secs(7)).await,
+        ["while paused"]
+    );
+    let restarts = otako_e2e::metric(
+        stack.gateway(0),
+        "otako_history_follower_restarts_total",
+        &[],
+    )
+    .await;
+    assert!(restarts >= 1.0, "{restarts}");
+    api.post_message(&alice.token, &channel, "after", None)
+        .await;
+    assert_eq!(read_messages(&mut c, 1, ARRIVE).await, ["after"]);
+    c.expect_no_dispatch(otako_e2e::QUIET).await;
+}
