@@ -28,8 +28,8 @@ if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_control >/dev
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq valgrind >/dev/null
 fi
 
-log "building release binaries (otako-gateway, otako-bench)"
-nice cargo build --release -q -p otako-gateway -p otako-bench
+log "building release binaries (otako-gateway, otako-backend-shim, otako-bench)"
+nice cargo build --release -q -p otako-gateway -p otako-backend-shim -p otako-bench
 bash deploy/scripts/install-deps.sh
 
 out="${OTAKO_BENCH_OUT:-$OTAKO_ROOT/target/otako-bench/instructions}"

@@ -21,8 +21,8 @@ out="$OTAKO_ROOT/target/otako-bench/perf"
 mkdir -p "$out"
 command -v perf >/dev/null 2>&1 || { log "perf is not installed (apt-get install linux-perf)"; exit 1; }
 
-log "building release binaries (otako-gateway, otako-bench)"
-nice cargo build --release -q -p otako-gateway -p otako-bench
+log "building release binaries (otako-gateway, otako-backend-shim, otako-bench)"
+nice cargo build --release -q -p otako-gateway -p otako-backend-shim -p otako-bench
 bash deploy/scripts/install-deps.sh
 
 gateway_bin="$(readlink -f target/release/otako-gateway)"

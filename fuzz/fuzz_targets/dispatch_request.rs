@@ -2,8 +2,9 @@
 //!
 //! Invariants: parsing never panics, nor does anything the gateway derives
 //! from a parsed request (its fingerprint, metric label, failure identity);
-//! a valid request's event, sent again the way the backend builds requests,
-//! parses back to the same event.
+//! the plain shape's fast path gives what the general path gives; a valid
+//! request's event, sent again the way the backend builds requests, parses
+//! back to the same event, and its `d` renders as the `Value` does.
 
 #![no_main]
 
@@ -25,6 +26,7 @@ fn round_trip(id: i64, event: &Event) {
         event: *event,
     };
     assert_eq!(back.fingerprint(), direct.fingerprint());
+    assert_eq!(event.data_json(), event.to_data().to_string());
 }
 
 /// Database ids are positive.
@@ -57,8 +59,12 @@ fn event(u: &mut Unstructured) -> Result<Event> {
 
 fuzz_target!(|data: &[u8]| {
     let received = Received::parse(data);
-    let _ = received.t_label();
-    let _ = received.failure_identity();
+    let general = Received::parse_general(data);
+    assert_eq!(received.echo, general.echo);
+    assert_eq!(received.request, general.request);
+    assert_eq!(received.body(), general.body());
+    assert_eq!(received.t_label(), general.t_label());
+    assert_eq!(received.failure_identity(), general.failure_identity());
     if let Ok(request) = &received.request {
         let fingerprint = request.fingerprint();
         assert_eq!(fingerprint.len(), 64);

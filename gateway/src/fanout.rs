@@ -99,6 +99,9 @@ pub struct Hub {
     /// [`Hub::record_written`]). Resolved once: looking a metric up per
     /// frame costs more than recording.
     commit_to_socket: metrics::Histogram,
+    /// Per routed event, resolved once for the same reason.
+    deliveries: metrics::Counter,
+    queue_seconds: metrics::Histogram,
 }
 
 /// Events with at most this many recipients on the node are written by the
@@ -131,6 +134,8 @@ impl Hub {
             advanced: Notify::new(),
             queue_capacity: queue_capacity.max(1),
             commit_to_socket: metrics::histogram!("otako_commit_to_socket_seconds"),
+            deliveries: metrics::counter!("otako_fanout_deliveries_total"),
+            queue_seconds: metrics::histogram!("otako_fanout_queue_seconds"),
         })
     }
 
@@ -367,8 +372,8 @@ impl Hub {
             }
         };
         self.advanced();
-        metrics::counter!("otako_fanout_deliveries_total").increment(delivered as u64);
-        metrics::histogram!("otako_fanout_queue_seconds").record(started.elapsed().as_secs_f64());
+        self.deliveries.increment(delivered as u64);
+        self.queue_seconds.record(started.elapsed().as_secs_f64());
         delivered
     }
 

@@ -5,7 +5,7 @@
 
 use futures_util::StreamExt;
 use otako_common::proto::{DISPATCH_QUEUE, DISPATCH_SUBJECT};
-use otako_e2e::{Stack, ARRIVE};
+use otako_e2e::{wait, Stack, ARRIVE};
 use serde_json::json;
 use std::time::Duration;
 
@@ -50,6 +50,15 @@ async fn an_event_backing_off_at_a_restart_waits_for_its_next_attempt() {
     let d = session.expect_dispatch("EVENT_MESSAGE_CREATE").await;
     assert_eq!(d["id"], second.to_string(), "{d}");
 
+    // The second event's answer reaches the backend about when its frame
+    // reaches the session: wait for the outcome to be recorded.
+    wait::until_true("both outcomes recorded", ARRIVE, || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE finished_at IS NULL")
+            .fetch_one(stack.db.pool())
+            .await
+            .is_ok_and(|n| n == 0)
+    })
+    .await;
     // By the database's clock, which wrote next_attempt_at: neither was sent
     // before it, and the wait spent no attempt.
     let rows: Vec<(String, i32, bool)> = sqlx::query_as(
