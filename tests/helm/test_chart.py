@@ -198,6 +198,19 @@ def test_hpa_only_when_enabled():
     assert "replicas" not in deployment["spec"]
 
 
+def test_gateway_worker_threads_follow_values():
+    def threads(values: dict | None) -> str | None:
+        gateway = one(render(values), "Deployment", "gateway")
+        env = env_of(gateway["spec"]["template"]["spec"]["containers"][0])
+        return env.get("TOKIO_WORKER_THREADS", {}).get("value")
+
+    assert threads(None) is None, "unset: Tokio sizes itself to the pod's cores"
+    assert threads({"gateway": {"workerThreads": 3}}) == "3"
+    assert threads(production_values()) == "1", "production has no CPU limit to size by"
+    with pytest.raises(helm.HelmValuesError, match="workerThreads"):
+        render({"gateway": {"workerThreads": 0}})
+
+
 def test_hpa_bounds_are_checked():
     with pytest.raises(helm.HelmRenderError, match="minReplicas"):
         render({"gateway": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}})
