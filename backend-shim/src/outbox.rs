@@ -120,6 +120,14 @@ impl Wake {
 /// outbox before that commit, so the channel is started again after it).
 type Active = Arc<Mutex<HashMap<i64, bool>>>;
 
+/// What a channel's worker knows of the channel's oldest pending event.
+enum Head {
+    /// Not read yet: the worker asks the outbox.
+    Unread,
+    /// As the statement that finished the previous event read it.
+    Read(Option<Pending>),
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Pending {
     id: i64,
@@ -307,9 +315,7 @@ impl Dispatcher {
             channel_id,
             lost.clone(),
         )));
-        // The channel's head as the last finished event's statement read it;
-        // `None` until then, or when no statement has read it yet.
-        let mut known: Option<Option<Pending>> = None;
+        let mut head = Head::Unread;
         loop {
             if lost.load(Ordering::Acquire) {
                 // Taken over after this replica could not renew in time: the
@@ -320,9 +326,9 @@ impl Dispatcher {
                 );
                 break;
             }
-            let next = match known.take() {
-                Some(head) => Ok(head),
-                None => self.head(channel_id).await,
+            let next = match std::mem::replace(&mut head, Head::Unread) {
+                Head::Read(next) => Ok(next),
+                Head::Unread => self.head(channel_id).await,
             };
             match next {
                 Ok(Some(event)) => {
@@ -333,7 +339,7 @@ impl Dispatcher {
                         let wait = Duration::from_secs_f64(event.due_in_secs.min(3600.0));
                         tokio::time::sleep(wait).await;
                     }
-                    known = self.deliver(event, &lost).await;
+                    head = self.deliver(event, &lost).await;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -368,14 +374,14 @@ impl Dispatcher {
     /// channel's lease is `lost` (its new holder sends the event then). An
     /// outcome is recorded only on a pending row: the first replica to
     /// finish an event decides it. Returns the channel's next pending event
-    /// as the finishing statement read it, or `None` when the lease was lost
-    /// first and nothing was recorded.
-    async fn deliver(&self, event: Pending, lost: &AtomicBool) -> Option<Option<Pending>> {
+    /// as the finishing statement read it ([`Head::Unread`] when the lease
+    /// was lost first and nothing was recorded).
+    async fn deliver(&self, event: Pending, lost: &AtomicBool) -> Head {
         let mut attempts = event.attempts.max(0) as u32;
         let mut last_error = String::new();
         while attempts < self.policy.max_attempts {
             if lost.load(Ordering::Acquire) {
-                return None;
+                return Head::Unread;
             }
             self.wait_for_gateway().await;
             let span = info_span!(
@@ -395,7 +401,7 @@ impl Dispatcher {
                     self.answered.notify_waiters();
                     let next = self.finish(&event, "delivered", attempts + 1, None).await;
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    return Some(next);
+                    return Head::Read(next);
                 }
                 // Nobody to ask: wait without spending an attempt.
                 Err(AttemptError::NoGateway) => tokio::time::sleep(NO_GATEWAY_WAIT).await,
@@ -444,7 +450,7 @@ impl Dispatcher {
             "dropping event: not delivered after the maximum number of attempts"
         );
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        Some(
+        Head::Read(
             self.finish(&event, "dropped", attempts, Some(&last_error))
                 .await,
         )

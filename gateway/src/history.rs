@@ -60,13 +60,13 @@ const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// the backend's 2 s per attempt, so the slow path still answers in time.
 const OWN_DELIVERY_WAIT: Duration = Duration::from_millis(250);
 
-/// How often the follower, while nothing arrives, asks the stream whether
-/// it holds events the node has not routed. A consumer can stop delivering
-/// without async-nats noticing (it still beats, or it was paused, or its
-/// making-again keeps failing): two checks in a row that find the stream
-/// ahead of an unmoved position make it again, so such a stall lasts about
-/// two of these. The check is one JetStream request per idle second per
-/// node, and none while events flow.
+/// How often the follower, once a whole period passed without deliveries,
+/// asks the stream whether it holds events the node has not routed. A
+/// consumer can stop delivering without async-nats noticing (it still
+/// beats, or it was paused, or its making-again keeps failing): two checks
+/// in a row that find the stream ahead of an unmoved position make it
+/// again, so such a stall lasts two to three of these. The check is one
+/// JetStream request per idle second per node, and none while events flow.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// What a stored event's signature names: its subject and message id.
@@ -484,17 +484,27 @@ impl History {
                 tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut stall = Stall::default();
+            // Set by each delivery, cleared by each tick: a tick that finds it
+            // set skips the check, so the stream is asked only after a whole
+            // period without deliveries (a flag store per event, where
+            // resetting the timer would re-arm it per event).
+            let mut delivered = false;
             loop {
                 tokio::select! {
-                    // Deliveries first: while they flow, the check is not polled.
                     biased;
                     next = messages.next() => match next {
-                        Some(Ok(msg)) => self.route(&hub, &msg),
+                        Some(Ok(msg)) => {
+                            delivered = true;
+                            self.route(&hub, &msg);
+                        }
                         // The consumer makes itself again on the next poll.
                         Some(Err(e)) => warn!(error = %e, "history consumer interrupted; catching up"),
                         None => break,
                     },
                     _ = check.tick() => {
+                        if std::mem::take(&mut delivered) {
+                            continue;
+                        }
                         if self.stalled(&mut stall, hub.last_seq()).await {
                             warn!(
                                 position = hub.last_seq(),
