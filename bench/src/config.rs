@@ -25,6 +25,12 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// A client process (started by `run`; speaks JSON lines on stdin/stdout).
     Clients,
+    /// The kernel's floor for the latency scenario's deliveries: one read
+    /// and a write per member, no gateway, broker or protocol.
+    Floor(crate::floor::FloorArgs),
+    /// The floor's relay process (started by `floor`).
+    #[command(hide = true)]
+    FloorRelay(crate::floor::RelayArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]

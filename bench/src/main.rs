@@ -5,6 +5,7 @@ mod config;
 mod control;
 mod driver;
 mod fleet;
+mod floor;
 mod latency;
 mod measure;
 mod nats_wire;
@@ -48,5 +49,13 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(shard::serve_stdio())?;
             Ok(())
         }
+        Command::Floor(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            print!("{}", floor::table(&rt.block_on(floor::run(&args))?));
+            Ok(())
+        }
+        Command::FloorRelay(args) => Ok(floor::relay(&args)?),
     }
 }
