@@ -25,12 +25,12 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// A client process (started by `run`; speaks JSON lines on stdin/stdout).
     Clients,
-    /// The kernel's floor for the latency scenario's deliveries: one read
-    /// and a write per member, no gateway, broker or protocol.
+    /// The kernel's floor for the latency scenario: the peer's job and the
+    /// contract's path done by processes that only move bytes.
     Floor(crate::floor::FloorArgs),
-    /// The floor's relay process (started by `floor`).
+    /// A process of the floor (started by `floor`).
     #[command(hide = true)]
-    FloorRelay(crate::floor::RelayArgs),
+    FloorHop(crate::floor::HopArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -120,6 +120,11 @@ pub struct RunArgs {
     /// Also run the same workload against nats-server's WebSocket listener.
     #[arg(long)]
     pub peer: Option<bool>,
+    /// Also measure the workload's floor (`otako-bench floor`) after the
+    /// systems, in the same run (default: on for latency, latency-http and
+    /// dm).
+    #[arg(long)]
+    pub floor: Option<bool>,
     /// Client processes (each holds at most ~18,000 sessions).
     #[arg(long)]
     pub shards: Option<usize>,

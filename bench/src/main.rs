@@ -53,9 +53,12 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            print!("{}", floor::table(&rt.block_on(floor::run(&args))?));
+            print!(
+                "{}",
+                rt.block_on(floor::FloorResult::measure(&args))?.table()
+            );
             Ok(())
         }
-        Command::FloorRelay(args) => Ok(floor::relay(&args)?),
+        Command::FloorHop(args) => Ok(floor::hop(&args)?),
     }
 }

@@ -22,6 +22,8 @@ pub struct Plan {
     pub payload_bytes: usize,
     pub rss_steps: Vec<usize>,
     pub peer: bool,
+    /// Measure the floor (`crate::floor`) after the systems.
+    pub floor: bool,
     pub shards: usize,
     pub connect_concurrency: usize,
     pub gateway_threads: usize,
@@ -211,6 +213,7 @@ impl Plan {
             payload_bytes: a.payload.unwrap_or(300).max(32),
             rss_steps,
             peer: a.peer.unwrap_or(peer),
+            floor: a.floor.unwrap_or(matches!(s, Latency | LatencyHttp | Dm)),
             shards,
             connect_concurrency: a.connect_concurrency.max(1),
             gateway_threads: a.gateway_threads.unwrap_or(default_threads).max(1),
@@ -233,6 +236,31 @@ impl Plan {
             ));
         }
         Ok(plan)
+    }
+
+    /// The floor's settings for this plan's workload: its channel size,
+    /// rate and windows. A layout whose users sit in several channels
+    /// (dm, mix) gets one channel per user's worth of sessions, since the
+    /// floor's per-message cost depends on the channel's size, not on how
+    /// many channels there are.
+    pub fn floor_args(&self) -> Option<crate::floor::FloorArgs> {
+        let members = match self.layout {
+            Layout::Small(k) | Layout::Mix(k) => k as usize,
+            Layout::Dm(_) => 2,
+            Layout::One => self.sessions,
+        };
+        let Rate::PerSecond(rate) = self.rate else {
+            return None;
+        };
+        Some(crate::floor::FloorArgs {
+            channels: (self.sessions / members.max(1)).max(1),
+            members: members.max(1),
+            nodes: self.nodes,
+            rate,
+            warmup: self.warmup_s,
+            seconds: self.duration_s,
+            frame_bytes: crate::floor::FRAME_BYTES,
+        })
     }
 
     pub fn warmup(&self) -> Duration {

@@ -162,6 +162,9 @@ pub struct Report {
     /// Instructions per event under callgrind (`instructions` scenario only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<InstructionsResult>,
+    /// The workload's floor, measured after the systems (`crate::floor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<crate::floor::FloorResult>,
     pub targets: Vec<TargetCheck>,
     pub json: String,
     pub png: Option<String>,
@@ -505,6 +508,9 @@ pub fn table(r: &Report) -> String {
     }
     if let Some(i) = &r.instructions {
         instructions_table(&mut out, i);
+    }
+    if let Some(f) = &r.floor {
+        let _ = write!(out, "\n{}", f.table());
     }
     if let Some(c) = &r.comparison {
         let _ = writeln!(

@@ -50,6 +50,8 @@ pub enum RunError {
     Storm(#[from] StormError),
     #[error(transparent)]
     Callgrind(#[from] CallgrindError),
+    #[error("the floor: {0}")]
+    Floor(#[from] crate::floor::FloorError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -169,6 +171,14 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         own.teardown().await;
     }
     let (otako, peer, storm, instructions) = result?;
+    // On a quiet machine, after both systems are down.
+    let floor = match plan.floor_args().filter(|_| plan.floor) {
+        Some(args) => {
+            eprintln!("[otako-bench] floor: the same workload by processes that only move bytes");
+            Some(crate::floor::FloorResult::measure(&args).await?)
+        }
+        None => None,
+    };
 
     let comparison = peer.as_ref().map(|p| Comparison::of(&otako, p));
     let json = out_dir.join("report.json");
@@ -187,6 +197,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         comparison,
         storm,
         instructions,
+        floor,
         targets: Vec::new(),
         json: json.display().to_string(),
         png: None,

@@ -118,6 +118,7 @@ pub fn evaluate(r: &Report) -> Vec<TargetCheck> {
                     l.p999 < 25_000,
                 ));
             }
+            out.extend(against_the_peer(r));
         }
         Scenario::Storm => {
             if let Some(st) = &r.storm {
@@ -168,6 +169,76 @@ pub fn evaluate(r: &Report) -> Vec<TargetCheck> {
     }
     out
 }
+
+/// Issue 12's targets for the small-channel scenarios, each beside the
+/// floor that the same run measured (`crate::floor`): what the contract's
+/// path costs with no work but its messages.
+fn against_the_peer(r: &Report) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    let (Some(ours), Some(peer)) = (
+        r.otako.drive.as_ref(),
+        r.peer.as_ref().and_then(|p| p.drive.as_ref()),
+    ) else {
+        return out;
+    };
+    let members = r.plan.floor_args().map_or(1, |f| f.members) as f64;
+    let path = r.floor.as_ref().map(|f| &f.path);
+    let beside = |floor: Option<f64>, unit: &str| {
+        floor.map_or(String::new(), |f| {
+            format!("; the path's floor alone {f:.2}{unit}")
+        })
+    };
+    if let Some(cpu) = ours.server_cpu_us_per_delivery {
+        let per_message = cpu * members;
+        out.push(check(
+            "gateway CPU per message, all nodes",
+            &format!("≤ {GATEWAY_US_PER_MESSAGE:.0} µs"),
+            format!(
+                "{per_message:.0} µs{}",
+                beside(path.map(|p| p.nodes.0), " µs")
+            ),
+            per_message <= GATEWAY_US_PER_MESSAGE,
+        ));
+    }
+    let whole = |d: &crate::report::DriveResult| {
+        [
+            d.server_cpu_us_per_delivery,
+            d.broker_cpu_us_per_delivery,
+            d.database_cpu_us_per_delivery,
+            d.backend_cpu_us_per_delivery,
+        ]
+        .iter()
+        .flatten()
+        .sum::<f64>()
+    };
+    if let Some(theirs) = peer.server_cpu_us_per_delivery.filter(|&c| c > 0.0) {
+        let ratio = whole(ours) / theirs;
+        let floor = path.map(|p| (p.nodes.0 + p.broker.0 + p.db.0) / members / theirs);
+        out.push(check(
+            "whole-stack CPU per delivery over the peer's",
+            &format!("≤ {PEER_RATIO}×"),
+            format!("{ratio:.2}×{}", beside(floor, "×")),
+            ratio <= PEER_RATIO,
+        ));
+    }
+    if let (Some(a), Some(b)) = (ours.latency_us, peer.latency_us) {
+        for (name, x, y) in [("p99", a.p99, b.p99), ("p99.9", a.p999, b.p999)] {
+            let ratio = x as f64 / (y as f64).max(1.0);
+            out.push(check(
+                &format!("end-to-end {name} over the peer's"),
+                &format!("≤ {PEER_RATIO}×"),
+                format!("{ratio:.2}×"),
+                ratio <= PEER_RATIO,
+            ));
+        }
+    }
+    out
+}
+
+/// Issue 12: both nodes' CPU per small-channel message, and the ratios to
+/// the peer in the same run.
+const GATEWAY_US_PER_MESSAGE: f64 = 150.0;
+const PEER_RATIO: f64 = 1.5;
 
 #[cfg(test)]
 mod tests {
