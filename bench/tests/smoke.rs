@@ -14,7 +14,16 @@ fn smoke_run_reports_sessions_deliveries_latency_and_a_chart() {
     let _ = std::fs::remove_dir_all(&out);
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_otako-bench"))
-        .args(["run", "--scenario", "smoke", "--sessions", "200", "--out"])
+        .args([
+            "run",
+            "--scenario",
+            "smoke",
+            "--sessions",
+            "200",
+            "--floor",
+            "true",
+            "--out",
+        ])
         .arg(&out)
         .stdin(Stdio::null())
         .spawn()
@@ -47,6 +56,18 @@ fn smoke_run_reports_sessions_deliveries_latency_and_a_chart() {
     assert!(r["otako"]["drive"]["server_cpu_us_per_delivery"].is_number());
     assert_eq!(r["peer"]["sessions_held"], 200, "the peer's run: {text}");
     assert!(r["peer"]["drive"]["deliveries"].as_u64().unwrap_or(0) > 0);
+    for (floor, figure) in [
+        ("fanout", "cpu_us_per_message"),
+        ("path", "nodes"),
+        ("path", "broker"),
+    ] {
+        let cpu = &r["floor"][floor][figure];
+        let cpu = cpu.as_f64().or_else(|| cpu[0].as_f64());
+        assert!(
+            cpu.is_some_and(|c| c > 0.0),
+            "floor {floor} {figure}: {text}"
+        );
+    }
     let png = std::fs::metadata(out.join("report.png")).expect("report.png written");
     assert!(png.len() > 1000, "report.png is {} bytes", png.len());
 }
