@@ -1,11 +1,13 @@
-//! The peer's job at its floor: one process reads a 4-byte channel index
-//! from its control socket and writes a ready-made frame to each of that
-//! channel's members (connection k is session k, of channel k / members).
+//! The peer's job at its floor: one process reads a message (a 4-byte
+//! channel index and its send stamp) from its control socket and writes a
+//! ready-made frame, the stamp at its front, to each of that channel's
+//! members (connection k is session k, of channel k / members).
 
 use super::{
-    count_sessions, hold_sessions, FloorArgs, FloorError, Hop, HopArgs, Inbox, MachineWindow,
-    Pacer, Usage,
+    count_sessions, frame, hold_sessions, latency_line, FloorArgs, FloorError, Hop, HopArgs, Inbox,
+    Latencies, MachineWindow, Pacer, Usage, STAMP,
 };
+use crate::latency::{LatencySummary, WakeupProbe};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 
@@ -16,8 +18,12 @@ pub struct FanoutResult {
     pub deliveries: u64,
     pub cpu_us_per_message: f64,
     pub sleeps_per_message: f64,
+    pub latency_us: Option<LatencySummary>,
     pub machine: MachineWindow,
 }
+
+/// A control message: the channel, then the send stamp.
+const MESSAGE: usize = 4 + STAMP;
 
 /// The relay: accepts the control connection, then `sessions` connections
 /// in order, and serves until the control connection closes.
@@ -31,13 +37,14 @@ pub fn serve(listener: TcpListener, args: &HopArgs) -> Result<(), FloorError> {
     }
     let members = args.members.max(1);
     let channels = args.sessions / members;
-    let frame = vec![b'x'; args.frame_bytes];
+    let mut frame = frame(args.frame_bytes);
     let mut control = Inbox::new(control);
-    while control.read(4, |index| {
-        let c = u32::from_le_bytes(index.try_into().expect("4 bytes")) as usize;
+    while control.read(MESSAGE, |m| {
+        let c = u32::from_le_bytes(m[..4].try_into().expect("4 bytes")) as usize;
         if c >= channels {
             return Err(FloorError::BadChannel { index: c, channels });
         }
+        frame[..STAMP].copy_from_slice(&m[4..]);
         for socket in &sessions[c * members..(c + 1) * members] {
             (&*socket).write_all(&frame)?;
         }
@@ -67,22 +74,37 @@ async fn drive(args: &FloorArgs, port: u16, pids: &[u32]) -> Result<FanoutResult
     let load = crate::procfs::loadavg();
     let mut control = TcpStream::connect(("127.0.0.1", port))?;
     control.set_nodelay(true)?;
-    let readers = hold_sessions(args.channels * args.members, |_| port).await?;
+    let latencies = Latencies::new();
+    let readers = hold_sessions(
+        args.channels * args.members,
+        |_| port,
+        args.frame_bytes,
+        &latencies,
+    )
+    .await?;
     let mut pacer = Pacer::new(args);
     let mut next = 0u32;
-    let mut send = || -> Result<(), FloorError> {
-        control.write_all(&next.to_le_bytes())?;
+    let mut send = |stamp: i64| -> Result<(), FloorError> {
+        let mut m = [0u8; MESSAGE];
+        m[..4].copy_from_slice(&next.to_le_bytes());
+        m[4..].copy_from_slice(&stamp.to_le_bytes());
+        control.write_all(&m)?;
         next = (next + 1) % args.channels as u32;
         Ok(())
     };
     pacer.send(pacer.warmup, &mut send).await?;
     let (usage0, machine0) = (Usage::of(pids), crate::measure::machine_cpu());
+    let probe = WakeupProbe::start();
+    latencies.open();
     pacer.send(pacer.window, &mut send).await?;
+    latencies.close();
     let (usage1, machine1) = (Usage::of(pids), crate::measure::machine_cpu());
+    let wakeup = probe.finish();
     drop(control);
     // The relay ends when its control socket closes, which closes every
     // session: the readers' counts are then final.
-    let sent = (pacer.warmup + pacer.window) * (args.members * args.frame_bytes) as u64;
+    let sent =
+        (pacer.warmup + pacer.window) * (args.members * frame(args.frame_bytes).len()) as u64;
     count_sessions(readers, sent).await?;
     let (cpu_us_per_message, sleeps_per_message) = usage1.per_message_since(&usage0, pacer.window);
     Ok(FanoutResult {
@@ -90,7 +112,8 @@ async fn drive(args: &FloorArgs, port: u16, pids: &[u32]) -> Result<FanoutResult
         deliveries: pacer.window * args.members as u64,
         cpu_us_per_message,
         sleeps_per_message,
-        machine: MachineWindow::between(&machine0, &machine1, load),
+        latency_us: latencies.summary()?,
+        machine: MachineWindow::between(&machine0, &machine1, wakeup, load),
     })
 }
 
@@ -99,12 +122,14 @@ pub fn table(r: &FanoutResult) -> String {
         "floor of the peer's job: one read(2) and a write(2) per member\n\
          messages {} / deliveries {}\n\
          relay CPU {:.1} us per message, {:.2} us per delivery, {:.2} sleeps per message\n\
+         {}\n\
          {}\n",
         r.messages,
         r.deliveries,
         r.cpu_us_per_message,
         r.cpu_us_per_message * r.messages as f64 / r.deliveries.max(1) as f64,
         r.sleeps_per_message,
+        latency_line(r.latency_us),
         r.machine.line(),
     )
 }
@@ -178,7 +203,9 @@ mod tests {
         let mut control = TcpStream::connect(addr).unwrap();
         let _a = TcpStream::connect(addr).unwrap();
         let _b = TcpStream::connect(addr).unwrap();
-        control.write_all(&7u32.to_le_bytes()).unwrap();
+        control
+            .write_all(&[7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap();
         let err = relay.join().unwrap().unwrap_err();
         assert!(
             matches!(

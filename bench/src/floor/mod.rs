@@ -21,6 +21,7 @@
 pub mod fanout;
 pub mod path;
 
+use crate::latency::{now_us, LatencySummary, Merged, Recorder};
 use crate::measure;
 use crate::process::die_with_parent;
 use clap::{Args, ValueEnum};
@@ -28,6 +29,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
@@ -130,6 +132,8 @@ pub enum FloorError {
     BadTag(u8),
     #[error("a node needs --broker and --db")]
     NoPeers,
+    #[error(transparent)]
+    Histogram(#[from] crate::latency::HistogramError),
     #[error("reading a floor process's CPU time: {0}")]
     Proc(#[from] measure::ProcError),
     #[error("the sessions read {got} bytes, not the {sent} the messages make")]
@@ -216,16 +220,23 @@ impl Usage {
     }
 }
 
-/// The machine over a window: busy and stolen cores, and the load before.
+/// The machine over a window: busy and stolen cores, how late a 1 ms
+/// sleep woke, and the load before.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct MachineWindow {
     pub busy_cores: f64,
     pub stolen_cores: f64,
+    pub wakeup_late_us: Option<LatencySummary>,
     pub loadavg_at_start: f64,
 }
 
 impl MachineWindow {
-    pub fn between(a: &measure::MachineCpu, b: &measure::MachineCpu, load: f64) -> Self {
+    pub fn between(
+        a: &measure::MachineCpu,
+        b: &measure::MachineCpu,
+        wakeup_late_us: Option<LatencySummary>,
+        load: f64,
+    ) -> Self {
         let wall =
             b.at.zip(a.at)
                 .map_or(0.0, |(b, a)| b.duration_since(a).as_secs_f64());
@@ -233,13 +244,17 @@ impl MachineWindow {
         MachineWindow {
             busy_cores: cores(b.busy_since(a)),
             stolen_cores: cores(b.stolen_since(a)),
+            wakeup_late_us,
             loadavg_at_start: load,
         }
     }
 
     pub fn line(&self) -> String {
+        let late = self.wakeup_late_us.map_or("-".into(), |w| {
+            format!("{:.2} / {:.2} ms", w.p99 as f64 / 1e3, w.max as f64 / 1e3)
+        });
         format!(
-            "machine: {:.2} busy / {:.2} stolen cores, load {:.2} at start",
+            "machine: {:.2} busy / {:.2} stolen cores, wake-up late p99 / max {late}, load {:.2} at start",
             self.busy_cores, self.stolen_cores, self.loadavg_at_start
         )
     }
@@ -264,39 +279,107 @@ impl Pacer {
         }
     }
 
+    /// Sends `count` messages, each given its send stamp.
     pub async fn send(
         &mut self,
         count: u64,
-        mut send: impl FnMut() -> Result<(), FloorError>,
+        mut send: impl FnMut(i64) -> Result<(), FloorError>,
     ) -> Result<(), FloorError> {
         for _ in 0..count {
             self.ticks.tick().await;
-            send()?;
+            send(now_us())?;
         }
         Ok(())
     }
 }
 
+/// Send stamp to a session's read, for the messages sent in the window:
+/// every frame starts with its message's send time (`latency::now_us`, Unix
+/// µs, which all processes share), as the bench's real messages do.
+pub struct Latencies {
+    window: std::sync::Mutex<(i64, i64)>,
+    recorder: std::sync::Mutex<Recorder>,
+}
+
+impl Latencies {
+    pub fn new() -> Arc<Latencies> {
+        Arc::new(Latencies {
+            window: std::sync::Mutex::new((i64::MAX, i64::MAX)),
+            recorder: Default::default(),
+        })
+    }
+
+    /// Records the messages sent from now on, until `close`.
+    pub fn open(&self) {
+        *self.window.lock().expect("not poisoned") = (now_us(), i64::MAX);
+    }
+
+    pub fn close(&self) {
+        self.window.lock().expect("not poisoned").1 = now_us();
+    }
+
+    fn record(&self, now: i64, sent: i64) {
+        let (start, end) = *self.window.lock().expect("not poisoned");
+        if (start..end).contains(&sent) {
+            self.recorder
+                .lock()
+                .expect("not poisoned")
+                .record(now, sent);
+        }
+    }
+
+    pub fn summary(&self) -> Result<Option<LatencySummary>, FloorError> {
+        let mut merged = Merged::default();
+        merged.add(&self.recorder.lock().expect("not poisoned").export()?)?;
+        Ok(merged.summary())
+    }
+}
+
 /// The sessions' ends: connects `count` sockets, the k-th to `port_of(k)`,
-/// each read by a task that returns the bytes it read once its socket
-/// closes.
+/// each read by a task that records each frame's latency and returns the
+/// bytes it read once its socket closes.
 pub async fn hold_sessions(
     count: usize,
     port_of: impl Fn(usize) -> u16,
+    frame_bytes: usize,
+    latencies: &Arc<Latencies>,
 ) -> Result<tokio::task::JoinSet<u64>, FloorError> {
+    let frame = frame_bytes.max(STAMP);
     let mut readers = tokio::task::JoinSet::new();
     for k in 0..count {
         let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port_of(k))).await?;
+        let latencies = latencies.clone();
         readers.spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut bytes = 0u64;
-            while let Ok(n @ 1..) = socket.read(&mut buf).await {
+            let mut buf = vec![0u8; 8192.max(2 * frame)];
+            let (mut held, mut bytes) = (0, 0u64);
+            while let Ok(n @ 1..) = socket.read(&mut buf[held..]).await {
+                let now = now_us();
                 bytes += n as u64;
+                held += n;
+                let whole = held - held % frame;
+                for f in buf[..whole].chunks_exact(frame) {
+                    latencies.record(now, stamp_of(f));
+                }
+                buf.copy_within(whole..held, 0);
+                held -= whole;
             }
             bytes
         });
     }
     Ok(readers)
+}
+
+/// Bytes of a send stamp: the front of each frame and of each message
+/// between the floor's processes.
+pub const STAMP: usize = 8;
+
+pub fn stamp_of(b: &[u8]) -> i64 {
+    i64::from_le_bytes(b[..STAMP].try_into().expect("a stamp's 8 bytes"))
+}
+
+/// A frame of `frame_bytes` (at least a stamp) to stamp and send.
+pub fn frame(frame_bytes: usize) -> Vec<u8> {
+    vec![b'x'; frame_bytes.max(STAMP)]
 }
 
 /// Waits for every session to close (its process ended) and checks that
@@ -316,6 +399,20 @@ pub async fn count_sessions(
         return Err(FloorError::Miscount { got, sent });
     }
     Ok(())
+}
+
+/// The latency of a floor's frames, as the bench reports a system's.
+pub fn latency_line(l: Option<LatencySummary>) -> String {
+    let ms = |us: u64| us as f64 / 1e3;
+    l.map_or("latency: none recorded".into(), |l| {
+        format!(
+            "latency p50 / p99 / p99.9 / max: {:.2} / {:.2} / {:.2} / {:.2} ms",
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.max)
+        )
+    })
 }
 
 /// A socket's unread bytes, taken whole messages at a time.

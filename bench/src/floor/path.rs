@@ -1,6 +1,6 @@
 //! The contract's path at its floor: a broker, the nodes and a database
-//! stand-in pass each event along the hops Otako's event takes, as 8-byte
-//! messages (tag, handling node, two spare bytes, channel):
+//! stand-in pass each event along the hops Otako's event takes, as 16-byte
+//! messages (tag, handling node, two spare bytes, channel, send stamp):
 //!
 //! driver -REQ-> broker -REQ-> node (channel % nodes, the queue group)
 //! -QUERY-> db -ROW-> node -APPEND-> broker -HIST-> every node, each of
@@ -12,9 +12,10 @@
 //! events do not overlap.
 
 use super::{
-    count_sessions, hold_sessions, ready, FloorArgs, FloorError, Hop, HopArgs, Inbox,
-    MachineWindow, Pacer, Usage,
+    count_sessions, frame, hold_sessions, latency_line, ready, stamp_of, FloorArgs, FloorError,
+    Hop, HopArgs, Inbox, Latencies, MachineWindow, Pacer, Usage, STAMP,
 };
+use crate::latency::{LatencySummary, WakeupProbe};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,13 +31,24 @@ const REPLY: u8 = 6;
 /// The first byte the driver sends the broker; a node sends its index.
 const DRIVER: u8 = 0xff;
 
-fn message(tag: u8, handler: u8, channel: u32) -> [u8; 8] {
-    let c = channel.to_le_bytes();
-    [tag, handler, 0, 0, c[0], c[1], c[2], c[3]]
+const MESSAGE: usize = 8 + STAMP;
+
+fn message(tag: u8, handler: u8, channel: u32, stamp: i64) -> [u8; MESSAGE] {
+    let mut m = [0u8; MESSAGE];
+    m[0] = tag;
+    m[1] = handler;
+    m[4..8].copy_from_slice(&channel.to_le_bytes());
+    m[8..].copy_from_slice(&stamp.to_le_bytes());
+    m
+}
+
+/// The same message with a new tag and handler: channel and stamp travel on.
+fn next(m: &[u8], tag: u8, handler: u8) -> [u8; MESSAGE] {
+    message(tag, handler, channel_of(m), stamp_of(&m[8..]))
 }
 
 fn channel_of(m: &[u8]) -> u32 {
-    u32::from_le_bytes(m[4..8].try_into().expect("8-byte message"))
+    u32::from_le_bytes(m[4..8].try_into().expect("a whole message"))
 }
 
 fn accepted(listener: &TcpListener) -> Result<TcpStream, FloorError> {
@@ -80,18 +92,16 @@ pub fn broker(listener: TcpListener, args: &HopArgs) -> Result<(), FloorError> {
     loop {
         let readable = ready(&inboxes)?;
         for (inbox, _) in inboxes.iter_mut().zip(readable).filter(|(_, r)| *r) {
-            let open = inbox.read(8, |m| {
+            let open = inbox.read(MESSAGE, |m| {
                 let c = channel_of(m);
                 match m[0] {
-                    REQ => {
-                        (&to_nodes[c as usize % to_nodes.len()]).write_all(&message(REQ, 0, c))?
-                    }
+                    REQ => (&to_nodes[c as usize % to_nodes.len()]).write_all(&next(m, REQ, 0))?,
                     APPEND => {
                         for node in &to_nodes {
-                            (&*node).write_all(&message(HIST, m[1], c))?;
+                            (&*node).write_all(&next(m, HIST, m[1]))?;
                         }
                     }
-                    REPLY => (&to_driver).write_all(&message(REPLY, m[1], c))?,
+                    REPLY => (&to_driver).write_all(&next(m, REPLY, m[1]))?,
                     t => return Err(FloorError::BadTag(t)),
                 }
                 Ok(())
@@ -113,8 +123,8 @@ pub fn db(listener: TcpListener, args: &HopArgs) -> Result<(), FloorError> {
         let readable = ready(&inboxes)?;
         for (inbox, _) in inboxes.iter_mut().zip(readable).filter(|(_, r)| *r) {
             let answer = inbox.socket.try_clone()?;
-            let open = inbox.read(8, |m| match m[0] {
-                QUERY => Ok((&answer).write_all(&message(ROW, 0, channel_of(m)))?),
+            let open = inbox.read(MESSAGE, |m| match m[0] {
+                QUERY => Ok((&answer).write_all(&next(m, ROW, 0))?),
                 t => Err(FloorError::BadTag(t)),
             })?;
             if !open {
@@ -145,25 +155,26 @@ pub fn node(listener: TcpListener, args: &HopArgs) -> Result<(), FloorError> {
         }
         local[channel].push(i);
     }
-    let frame = vec![b'x'; args.frame_bytes];
+    let mut frame = frame(args.frame_bytes);
     let (to_broker, to_db) = (broker.try_clone()?, db.try_clone()?);
     let me = args.index as u8;
     let mut inboxes = [Inbox::new(broker), Inbox::new(db)];
     loop {
         let readable = ready(&inboxes)?;
         for (inbox, _) in inboxes.iter_mut().zip(readable).filter(|(_, r)| *r) {
-            let open = inbox.read(8, |m| {
+            let open = inbox.read(MESSAGE, |m| {
                 let c = channel_of(m);
                 match m[0] {
-                    REQ => (&to_db).write_all(&message(QUERY, 0, c))?,
-                    ROW => (&to_broker).write_all(&message(APPEND, me, c))?,
+                    REQ => (&to_db).write_all(&next(m, QUERY, 0))?,
+                    ROW => (&to_broker).write_all(&next(m, APPEND, me))?,
                     HIST => {
+                        frame[..STAMP].copy_from_slice(&m[8..]);
                         let channel = local.get(c as usize).map_or(&[][..], Vec::as_slice);
                         for &k in channel {
                             (&sessions[k]).write_all(&frame)?;
                         }
                         if m[1] == me {
-                            (&to_broker).write_all(&message(REPLY, me, c))?;
+                            (&to_broker).write_all(&next(m, REPLY, me))?;
                         }
                     }
                     t => return Err(FloorError::BadTag(t)),
@@ -186,6 +197,7 @@ pub struct PathResult {
     pub nodes: (f64, f64),
     pub broker: (f64, f64),
     pub db: (f64, f64),
+    pub latency_us: Option<LatencySummary>,
     pub machine: MachineWindow,
 }
 
@@ -252,9 +264,13 @@ async fn drive(
     pids: &Pids,
 ) -> Result<PathResult, FloorError> {
     let load = crate::procfs::loadavg();
-    let readers = hold_sessions(args.channels * args.members, |k| {
-        node_ports[k % node_ports.len()]
-    })
+    let latencies = Latencies::new();
+    let readers = hold_sessions(
+        args.channels * args.members,
+        |k| node_ports[k % node_ports.len()],
+        args.frame_bytes,
+        &latencies,
+    )
     .await?;
     let mut driver = dial(broker_port)?;
     driver.write_all(&[DRIVER])?;
@@ -262,7 +278,7 @@ async fn drive(
     let mut reply_inbox = Inbox::new(driver.try_clone()?);
     let counter = replies.clone();
     std::thread::spawn(move || {
-        while let Ok(true) = reply_inbox.read(8, |m| {
+        while let Ok(true) = reply_inbox.read(MESSAGE, |m| {
             if m[0] == REPLY {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -271,16 +287,20 @@ async fn drive(
     });
     let mut pacer = Pacer::new(args);
     let mut next = 0u32;
-    let mut send = || -> Result<(), FloorError> {
-        driver.write_all(&message(REQ, 0, next))?;
+    let mut send = |stamp: i64| -> Result<(), FloorError> {
+        driver.write_all(&message(REQ, 0, next, stamp))?;
         next = (next + 1) % args.channels as u32;
         Ok(())
     };
     pacer.send(pacer.warmup, &mut send).await?;
     let all = |p: &Pids| [Usage::of(&p.nodes), Usage::of(&p.broker), Usage::of(&p.db)];
     let (usage0, machine0) = (all(pids), crate::measure::machine_cpu());
+    let probe = WakeupProbe::start();
+    latencies.open();
     pacer.send(pacer.window, &mut send).await?;
+    latencies.close();
     let (usage1, machine1) = (all(pids), crate::measure::machine_cpu());
+    let wakeup = probe.finish();
     // Every reply back means every delivery written: then the end of the
     // driver's connection ends the broker, the broker's the nodes, and the
     // nodes' the sessions and the database.
@@ -296,7 +316,11 @@ async fn drive(
     // The reply reader holds a clone of the socket, so only a shutdown
     // ends the connection.
     driver.shutdown(std::net::Shutdown::Both)?;
-    count_sessions(readers, sent * (args.members * args.frame_bytes) as u64).await?;
+    count_sessions(
+        readers,
+        sent * (args.members * frame(args.frame_bytes).len()) as u64,
+    )
+    .await?;
     let per = |i: usize| usage1[i].per_message_since(&usage0[i], pacer.window);
     Ok(PathResult {
         messages: pacer.window,
@@ -304,7 +328,8 @@ async fn drive(
         nodes: per(0),
         broker: per(1),
         db: per(2),
-        machine: MachineWindow::between(&machine0, &machine1, load),
+        latency_us: latencies.summary()?,
+        machine: MachineWindow::between(&machine0, &machine1, wakeup, load),
     })
 }
 
@@ -318,6 +343,7 @@ pub fn table(r: &PathResult) -> String {
          broker CPU {:.1} us per message ({:.2} per delivery), {:.2} sleeps per message\n\
          database CPU {:.1} us per message ({:.2} per delivery), {:.2} sleeps per message\n\
          whole path {:.1} us per message, {:.2} per delivery\n\
+         {}\n\
          {}\n",
         r.messages,
         r.deliveries,
@@ -332,6 +358,7 @@ pub fn table(r: &PathResult) -> String {
         r.db.1,
         whole,
         per_delivery(whole),
+        latency_line(r.latency_us),
         r.machine.line(),
     )
 }
