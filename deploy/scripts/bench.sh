@@ -6,6 +6,12 @@
 #
 #   deploy/scripts/bench.sh idle|nodes|fanout|latency|latency-http|dm|storm|smoke [flags]
 #   deploy/scripts/bench.sh all          every scenario but smoke, in turn
+#   deploy/scripts/bench.sh floor [flags] the latency scenario's floor alone
+#                                        (otako-bench floor: processes that
+#                                        only move bytes; no stack, no peer)
+#
+# latency, latency-http and dm also measure that floor after both systems
+# (--floor false leaves it out).
 #
 # dm: direct messages, 2,000 msg/s over 20,000 channels of 2 (10,000 users
 # in 4 each), two nodes, dispatch drive; latency's figures and targets.
@@ -24,9 +30,14 @@ cd "$OTAKO_ROOT"
 
 scenario="${1:-}"
 case "$scenario" in
-  idle|nodes|fanout|latency|latency-http|dm|storm|smoke|all) shift ;;
-  *) echo "usage: $0 idle|nodes|fanout|latency|latency-http|dm|storm|smoke|all [otako-bench run flags]" >&2; exit 2 ;;
+  idle|nodes|fanout|latency|latency-http|dm|storm|smoke|all|floor) shift ;;
+  *) echo "usage: $0 idle|nodes|fanout|latency|latency-http|dm|storm|smoke|all|floor [otako-bench flags]" >&2; exit 2 ;;
 esac
+
+if [ "$scenario" = floor ]; then
+  nice cargo build --release -q -p otako-bench
+  exec target/release/otako-bench floor "$@"
+fi
 
 log "building release binaries (otako-gateway, otako-backend-shim, otako-bench)"
 nice cargo build --release -q -p otako-gateway -p otako-backend-shim -p otako-bench
