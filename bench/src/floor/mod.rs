@@ -453,8 +453,31 @@ impl Inbox {
     }
 }
 
+/// Serves `inboxes` until any of them closes (the run is over): waits
+/// until some are readable, reads each once and hands every whole
+/// `size`-byte message to `handle` with the index of its inbox.
+pub fn serve_inboxes(
+    inboxes: &mut [Inbox],
+    size: usize,
+    mut handle: impl FnMut(usize, &[u8]) -> Result<(), FloorError>,
+) -> Result<(), FloorError> {
+    loop {
+        let readable = ready(inboxes)?;
+        for (from, (inbox, _)) in inboxes
+            .iter_mut()
+            .zip(readable)
+            .enumerate()
+            .filter(|(_, (_, r))| *r)
+        {
+            if !inbox.read(size, |m| handle(from, m))? {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Blocks until at least one of `inboxes` is readable; which ones are.
-pub fn ready(inboxes: &[Inbox]) -> Result<Vec<bool>, FloorError> {
+fn ready(inboxes: &[Inbox]) -> Result<Vec<bool>, FloorError> {
     let mut fds: Vec<libc::pollfd> = inboxes
         .iter()
         .map(|i| libc::pollfd {

@@ -12,8 +12,8 @@
 //! events do not overlap.
 
 use super::{
-    count_sessions, frame, hold_sessions, latency_line, ready, stamp_of, FloorArgs, FloorError,
-    Hop, HopArgs, Inbox, Latencies, MachineWindow, Pacer, Usage, STAMP,
+    count_sessions, frame, hold_sessions, latency_line, serve_inboxes, stamp_of, FloorArgs,
+    FloorError, Hop, HopArgs, Inbox, Latencies, MachineWindow, Pacer, Usage, STAMP,
 };
 use crate::latency::{LatencySummary, WakeupProbe};
 use std::io::{Read, Write};
@@ -89,28 +89,20 @@ pub fn broker(listener: TcpListener, args: &HopArgs) -> Result<(), FloorError> {
         .chain(nodes)
         .map(Inbox::new)
         .collect();
-    loop {
-        let readable = ready(&inboxes)?;
-        for (inbox, _) in inboxes.iter_mut().zip(readable).filter(|(_, r)| *r) {
-            let open = inbox.read(MESSAGE, |m| {
-                let c = channel_of(m);
-                match m[0] {
-                    REQ => (&to_nodes[c as usize % to_nodes.len()]).write_all(&next(m, REQ, 0))?,
-                    APPEND => {
-                        for node in &to_nodes {
-                            (&*node).write_all(&next(m, HIST, m[1]))?;
-                        }
-                    }
-                    REPLY => (&to_driver).write_all(&next(m, REPLY, m[1]))?,
-                    t => return Err(FloorError::BadTag(t)),
+    serve_inboxes(&mut inboxes, MESSAGE, |_, m| {
+        let c = channel_of(m);
+        match m[0] {
+            REQ => (&to_nodes[c as usize % to_nodes.len()]).write_all(&next(m, REQ, 0))?,
+            APPEND => {
+                for node in &to_nodes {
+                    (&*node).write_all(&next(m, HIST, m[1]))?;
                 }
-                Ok(())
-            })?;
-            if !open {
-                return Ok(());
             }
+            REPLY => (&to_driver).write_all(&next(m, REPLY, m[1]))?,
+            t => return Err(FloorError::BadTag(t)),
         }
-    }
+        Ok(())
+    })
 }
 
 /// Serves until any input closes.
@@ -119,19 +111,14 @@ pub fn db(listener: TcpListener, args: &HopArgs) -> Result<(), FloorError> {
     for _ in 0..args.nodes {
         inboxes.push(Inbox::new(accepted(&listener)?));
     }
-    loop {
-        let readable = ready(&inboxes)?;
-        for (inbox, _) in inboxes.iter_mut().zip(readable).filter(|(_, r)| *r) {
-            let answer = inbox.socket.try_clone()?;
-            let open = inbox.read(MESSAGE, |m| match m[0] {
-                QUERY => Ok((&answer).write_all(&next(m, ROW, 0))?),
-                t => Err(FloorError::BadTag(t)),
-            })?;
-            if !open {
-                return Ok(());
-            }
-        }
-    }
+    let answers = inboxes
+        .iter()
+        .map(|i| i.socket.try_clone())
+        .collect::<Result<Vec<_>, _>>()?;
+    serve_inboxes(&mut inboxes, MESSAGE, |from, m| match m[0] {
+        QUERY => Ok((&answers[from]).write_all(&next(m, ROW, 0))?),
+        t => Err(FloorError::BadTag(t)),
+    })
 }
 
 /// Node `index` of `nodes`: dials the broker and the database, then holds
@@ -159,33 +146,25 @@ pub fn node(listener: TcpListener, args: &HopArgs) -> Result<(), FloorError> {
     let (to_broker, to_db) = (broker.try_clone()?, db.try_clone()?);
     let me = args.index as u8;
     let mut inboxes = [Inbox::new(broker), Inbox::new(db)];
-    loop {
-        let readable = ready(&inboxes)?;
-        for (inbox, _) in inboxes.iter_mut().zip(readable).filter(|(_, r)| *r) {
-            let open = inbox.read(MESSAGE, |m| {
-                let c = channel_of(m);
-                match m[0] {
-                    REQ => (&to_db).write_all(&next(m, QUERY, 0))?,
-                    ROW => (&to_broker).write_all(&next(m, APPEND, me))?,
-                    HIST => {
-                        frame[..STAMP].copy_from_slice(&m[8..]);
-                        let channel = local.get(c as usize).map_or(&[][..], Vec::as_slice);
-                        for &k in channel {
-                            (&sessions[k]).write_all(&frame)?;
-                        }
-                        if m[1] == me {
-                            (&to_broker).write_all(&next(m, REPLY, me))?;
-                        }
-                    }
-                    t => return Err(FloorError::BadTag(t)),
+    serve_inboxes(&mut inboxes, MESSAGE, |_, m| {
+        let c = channel_of(m);
+        match m[0] {
+            REQ => (&to_db).write_all(&next(m, QUERY, 0))?,
+            ROW => (&to_broker).write_all(&next(m, APPEND, me))?,
+            HIST => {
+                frame[..STAMP].copy_from_slice(&m[8..]);
+                let channel = local.get(c as usize).map_or(&[][..], Vec::as_slice);
+                for &k in channel {
+                    (&sessions[k]).write_all(&frame)?;
                 }
-                Ok(())
-            })?;
-            if !open {
-                return Ok(());
+                if m[1] == me {
+                    (&to_broker).write_all(&next(m, REPLY, me))?;
+                }
             }
+            t => return Err(FloorError::BadTag(t)),
         }
-    }
+        Ok(())
+    })
 }
 
 /// What one run measured over its window, per message.
