@@ -73,12 +73,12 @@ pub fn broker(listener: TcpListener, args: &HopArgs) -> Result<(), FloorError> {
         socket.read_exact(&mut who)?;
         match who[0] {
             DRIVER => driver = Some(socket),
-            k => *nodes.get_mut(k as usize).ok_or(FloorError::BadTag(k))? = Some(socket),
+            k => *nodes.get_mut(k as usize).ok_or(FloorError::BadNode(k))? = Some(socket),
         }
     }
     let (Some(driver), Some(nodes)) = (driver, nodes.into_iter().collect::<Option<Vec<_>>>())
     else {
-        return Err(FloorError::NoPeers);
+        return Err(FloorError::Unheard);
     };
     let to_driver = driver.try_clone()?;
     let to_nodes = nodes
