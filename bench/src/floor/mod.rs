@@ -14,9 +14,10 @@
 //!   the broker, the node's query and row, the history append, its delivery
 //!   to every node, the sessions' frames, the reply out through the broker).
 //!
-//! No real server can take the same messages through the same sockets for
-//! less CPU than these do, so each bounds from below what its system can
-//! spend per message here.
+//! A real server that takes the same messages through the same sockets
+//! cannot spend less CPU than these do, short of handling several events
+//! per wake-up (which 1 ms apart they rarely allow), so each bounds from
+//! below what its system can spend per message here.
 
 pub mod fanout;
 mod inbox;
