@@ -239,10 +239,11 @@ impl Plan {
     }
 
     /// The floor's settings for this plan's workload: its channel size,
-    /// rate and windows. A layout whose users sit in several channels
-    /// (dm, mix) gets one channel per user's worth of sessions, since the
-    /// floor's per-message cost depends on the channel's size, not on how
-    /// many channels there are.
+    /// rate and windows; none for a closed-loop rate. The floor's channels
+    /// are the sessions split into channels of that size, each session in
+    /// one: a layout whose users sit in several channels (dm, mix) would
+    /// need more sockets than a process may open, and what a message costs
+    /// depends on its channel's size, not on how many channels there are.
     pub fn floor_args(&self) -> Option<crate::floor::FloorArgs> {
         let members = match self.layout {
             Layout::Small(k) | Layout::Mix(k) => k as usize,
