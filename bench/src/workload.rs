@@ -298,7 +298,7 @@ async fn prefill_loop(
 /// Hands over the index of each message at its due time (start + k / rate),
 /// sleeping on the OS timer in between; late, it catches up at once. Ends
 /// when `stop` is cancelled or nobody listens.
-fn pace(
+pub fn pace(
     start: std::time::Instant,
     rate: f64,
     due: mpsc::UnboundedSender<u64>,

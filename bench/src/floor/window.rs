@@ -76,32 +76,47 @@ impl MachineWindow {
 /// Paces messages as the latency scenario does: `warmup` seconds' worth,
 /// then the window's, each on its tick.
 pub struct Pacer {
-    ticks: tokio::time::Interval,
+    /// Message k's due time, from the workload's own pacing thread
+    /// (`workload::pace`): tokio's timer counts whole milliseconds, which
+    /// would send a dm run's 2,000 msg/s two at a time.
+    due: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    stop: tokio_util::sync::CancellationToken,
     pub warmup: u64,
     pub window: u64,
 }
 
 impl Pacer {
     pub fn new(args: &FloorArgs) -> Pacer {
-        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let (tx, due) = tokio::sync::mpsc::unbounded_channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (start, rate, until) = (std::time::Instant::now(), args.rate, stop.clone());
+        std::thread::spawn(move || crate::workload::pace(start, rate, tx, until));
         Pacer {
-            ticks,
+            due,
+            stop,
             warmup: (args.warmup * args.rate) as u64,
             window: (args.seconds * args.rate) as u64,
         }
     }
 
-    /// Sends `count` messages, each given its send stamp.
+    /// Sends `count` messages, each when it is due, given its send stamp.
     pub async fn send(
         &mut self,
         count: u64,
         mut send: impl FnMut(i64) -> Result<(), FloorError>,
     ) -> Result<(), FloorError> {
         for _ in 0..count {
-            self.ticks.tick().await;
+            if self.due.recv().await.is_none() {
+                break;
+            }
             send(now_us())?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
