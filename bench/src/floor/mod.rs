@@ -106,7 +106,7 @@ pub struct HopArgs {
     /// Which node this is.
     #[arg(long, default_value_t = 0)]
     pub index: usize,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = FRAME_BYTES)]
     pub frame_bytes: usize,
     /// The broker's port (node).
     #[arg(long)]

@@ -3,6 +3,7 @@
 
 use super::FloorError;
 use crate::latency::{now_us, LatencySummary, Merged, Recorder};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -11,29 +12,35 @@ use tokio::io::AsyncReadExt;
 /// every frame starts with its message's send time (`latency::now_us`, Unix
 /// µs, which all processes share), as the bench's real messages do.
 pub struct Latencies {
-    window: std::sync::Mutex<(i64, i64)>,
+    /// Send stamps from `start` up to `end` are recorded.
+    start: AtomicI64,
+    end: AtomicI64,
     recorder: std::sync::Mutex<Recorder>,
 }
 
 impl Latencies {
     pub fn new() -> Arc<Latencies> {
         Arc::new(Latencies {
-            window: std::sync::Mutex::new((i64::MAX, i64::MAX)),
+            start: AtomicI64::new(i64::MAX),
+            end: AtomicI64::new(i64::MAX),
             recorder: Default::default(),
         })
     }
 
     /// Records the messages sent from now on, until `close`.
     pub fn open(&self) {
-        *self.window.lock().expect("not poisoned") = (now_us(), i64::MAX);
+        self.start.store(now_us(), Ordering::Relaxed);
     }
 
     pub fn close(&self) {
-        self.window.lock().expect("not poisoned").1 = now_us();
+        self.end.store(now_us(), Ordering::Relaxed);
     }
 
     fn record(&self, now: i64, sent: i64) {
-        let (start, end) = *self.window.lock().expect("not poisoned");
+        let (start, end) = (
+            self.start.load(Ordering::Relaxed),
+            self.end.load(Ordering::Relaxed),
+        );
         if (start..end).contains(&sent) {
             self.recorder
                 .lock()

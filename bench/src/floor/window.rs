@@ -74,7 +74,7 @@ impl MachineWindow {
 }
 
 /// Paces messages as the latency scenario does: `warmup` seconds' worth,
-/// then the window's, each on its tick.
+/// then the window's, each at its due time.
 pub struct Pacer {
     /// Message k's due time, from the workload's own pacing thread
     /// (`workload::pace`): tokio's timer counts whole milliseconds, which
