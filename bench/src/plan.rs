@@ -261,6 +261,7 @@ impl Plan {
             warmup: self.warmup_s,
             seconds: self.duration_s,
             frame_bytes: crate::floor::FRAME_BYTES,
+            nats_procs: self.nats.procs,
         })
     }
 

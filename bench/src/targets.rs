@@ -186,6 +186,10 @@ struct PeerFigures {
     /// The path's floor in the same run: nodes' and the whole path's CPU
     /// per message, its p99 and p99.9.
     floor: Option<(f64, f64, u64, u64)>,
+    /// The path's floor with nats-server as its broker: the floor's nodes
+    /// and database plus what nats-server spent on the path's messages,
+    /// per message, with the history stream and with core publishes.
+    nats_floor: Option<(f64, f64)>,
 }
 
 impl PeerFigures {
@@ -222,6 +226,11 @@ impl PeerFigures {
                     p999,
                 )
             }),
+            nats_floor: r.floor.as_ref().and_then(|f| {
+                let others = f.path.nodes.0 + f.path.db.0;
+                let n = f.nats.as_ref()?;
+                Some((others + n.history.broker.0, others + n.core.broker.0))
+            }),
         })
     }
 }
@@ -247,11 +256,19 @@ fn against_the_peer(f: &PeerFigures) -> Vec<TargetCheck> {
     }
     if let Some(theirs) = f.peer_us_per_delivery.filter(|&c| c > 0.0) {
         let ratio = f.stack_us_per_delivery / theirs;
-        let floor = f.floor.map(|p| p.1 / f.members.max(1.0) / theirs);
+        let per_delivery = |us: f64| us / f.members.max(1.0) / theirs;
+        let floor = f.floor.map(|p| per_delivery(p.1));
+        let with_nats = f.nats_floor.map_or(String::new(), |(history, core)| {
+            format!(
+                "; with nats-server as its broker {:.2}× (history stream), {:.2}× (core publishes)",
+                per_delivery(history),
+                per_delivery(core)
+            )
+        });
         out.push(check(
             "whole-stack CPU per delivery over the peer's",
             &format!("≤ {PEER_RATIO}×"),
-            format!("{ratio:.2}×{}", beside(floor, "×")),
+            format!("{ratio:.2}×{}{with_nats}", beside(floor, "×")),
             ratio <= PEER_RATIO,
         ));
     }
@@ -360,6 +377,7 @@ mod tests {
             p99: Some((1_000, 700)),
             p999: Some((7_000, 5_240)),
             floor: Some((176.5, 269.0, 2_250, 7_320)),
+            nats_floor: Some((435.0, 348.0)),
         };
         let verdicts =
             |f: &PeerFigures| -> Vec<bool> { against_the_peer(f).iter().map(|c| c.met).collect() };
@@ -369,7 +387,10 @@ mod tests {
             checks[0].measured,
             "140 µs; the path's floor alone 176.50 µs"
         );
-        assert_eq!(checks[1].measured, "1.49×; the path's floor alone 1.55×");
+        assert_eq!(
+            checks[1].measured,
+            "1.49×; the path's floor alone 1.55×; with nats-server as its broker 2.50× (history stream), 2.00× (core publishes)"
+        );
         let missed = [
             PeerFigures {
                 gateway_us_per_delivery: Some(15.1),

@@ -68,6 +68,13 @@ fn smoke_run_reports_sessions_deliveries_latency_and_a_chart() {
             "floor {floor} {figure}: {text}"
         );
     }
+    for delivery in ["history", "core"] {
+        let cpu = r["floor"]["nats"][delivery]["broker"][0].as_f64();
+        assert!(
+            cpu.is_some_and(|c| c > 0.0),
+            "nats-server's floor, {delivery}: {text}"
+        );
+    }
     let png = std::fs::metadata(out.join("report.png")).expect("report.png written");
     assert!(png.len() > 1000, "report.png is {} bytes", png.len());
 }

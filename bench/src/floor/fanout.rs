@@ -160,6 +160,7 @@ mod tests {
             warmup: 0.02,
             seconds: 0.1,
             frame_bytes: 50,
+            nats_procs: None,
         };
         let result = drive(&args, port, &[]).await;
         relay.join().unwrap().unwrap();

@@ -13,6 +13,9 @@
 //!   pass each event along the hops Otako's event takes (request in through
 //!   the broker, the node's query and row, the history append, its delivery
 //!   to every node, the sessions' frames, the reply out through the broker).
+//! - [`nats`]: the same path's broker messages through nats-server itself,
+//!   its clients doing nothing: what the broker the contract names costs
+//!   before any gateway work.
 //!
 //! A real server that takes the same messages through the same sockets
 //! cannot spend less CPU than these do, short of handling several events
@@ -21,6 +24,7 @@
 
 pub mod fanout;
 mod inbox;
+pub mod nats;
 pub mod path;
 mod sessions;
 mod window;
@@ -60,6 +64,10 @@ pub struct FloorArgs {
     /// Bytes of each delivered frame.
     #[arg(long, default_value_t = FRAME_BYTES)]
     pub frame_bytes: usize,
+    /// `GOMAXPROCS` of the nats-server the broker's floor starts (the
+    /// stack's setting; unset, Go's own).
+    #[arg(long)]
+    pub nats_procs: Option<usize>,
 }
 
 /// A gateway's MESSAGE_CREATE frame in the latency scenario is about this
@@ -71,6 +79,8 @@ pub const FRAME_BYTES: usize = 300;
 pub struct FloorResult {
     pub fanout: fanout::FanoutResult,
     pub path: path::PathResult,
+    /// None when nats-server could not be measured; the other floors stand.
+    pub nats: Option<nats::NatsPathResult>,
 }
 
 impl FloorResult {
@@ -79,14 +89,19 @@ impl FloorResult {
         Ok(FloorResult {
             fanout: fanout::run(args).await?,
             path: path::run(args).await?,
+            nats: nats::run(args)
+                .await
+                .inspect_err(|e| eprintln!("[otako-bench] no floor of nats-server: {e}"))
+                .ok(),
         })
     }
 
     pub fn table(&self) -> String {
         format!(
-            "{}\n{}",
+            "{}\n{}\n{}",
             fanout::table(&self.fanout),
-            path::table(&self.path)
+            path::table(&self.path),
+            self.nats.as_ref().map_or(String::new(), nats::table),
         )
     }
 }
@@ -148,6 +163,10 @@ pub enum FloorError {
     Miscount { got: u64, sent: u64 },
     #[error("{got} replies came back for {sent} requests")]
     Replies { got: u64, sent: u64 },
+    #[error("a node received {got} of the {sent} events")]
+    Undelivered { got: u64, sent: u64 },
+    #[error("nats-server: {0}")]
+    Nats(String),
 }
 
 /// Runs the floor process `args` names: binds its listener, says its port

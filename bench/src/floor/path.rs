@@ -388,6 +388,7 @@ mod tests {
             warmup: 0.02,
             seconds: 0.1,
             frame_bytes: 40,
+            nats_procs: None,
         };
         let pids = Pids {
             nodes: vec![],

@@ -99,6 +99,11 @@ impl Pacer {
         }
     }
 
+    /// Waits until the next message is due; false once the pacing stopped.
+    pub async fn tick(&mut self) -> bool {
+        self.due.recv().await.is_some()
+    }
+
     /// Sends `count` messages, each when it is due, given its send stamp.
     pub async fn send(
         &mut self,
@@ -106,7 +111,7 @@ impl Pacer {
         mut send: impl FnMut(i64) -> Result<(), FloorError>,
     ) -> Result<(), FloorError> {
         for _ in 0..count {
-            if self.due.recv().await.is_none() {
+            if !self.tick().await {
                 break;
             }
             send(now_us())?;
