@@ -68,7 +68,7 @@ fn smoke_run_reports_sessions_deliveries_latency_and_a_chart() {
             "floor {floor} {figure}: {text}"
         );
     }
-    for delivery in ["history", "core"] {
+    for delivery in ["history", "republish", "core"] {
         let cpu = r["floor"]["nats"][delivery]["broker"][0].as_f64();
         assert!(
             cpu.is_some_and(|c| c > 0.0),

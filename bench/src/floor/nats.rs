@@ -11,6 +11,10 @@
 //!   up as the event history is (message ids, a signature-sized header, a
 //!   10-minute duplicate window) and each node follows the stream with an
 //!   ordered push consumer, as `History::follow` does.
+//! - [`Delivery::Republish`]: the same stream, which republishes each
+//!   stored event to a core subject the nodes subscribe to (the stream's
+//!   `republish`), so no consumer runs: what following the history that
+//!   way would save the server.
 //! - [`Delivery::Core`]: one core NATS publish that every node subscribes
 //!   to, no stream. No design that hands each event to every node through
 //!   nats-server and answers the request can give the server fewer
@@ -31,6 +35,8 @@ use std::time::{Duration, Instant};
 const DISPATCH: &str = "floor.dispatch";
 const EVENTS: &str = "floor.ev";
 const STREAM: &str = "FLOOR_HISTORY";
+/// Where the stream republishes what it stores ([`Delivery::Republish`]).
+const LIVE: &str = "floor.live";
 const REPLIES: &str = "floor.replies";
 const EVENT_HEADER: &str = "Floor-Event";
 /// A request as the backend sends it.
@@ -48,6 +54,7 @@ const SIGNATURE: &str =
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Delivery {
     History,
+    Republish,
     Core,
 }
 
@@ -64,6 +71,7 @@ pub struct NatsPathResult {
     /// The server's `GOMAXPROCS`, when set (else Go's own: every core).
     pub procs: Option<usize>,
     pub history: Spent,
+    pub republish: Spent,
     pub core: Spent,
 }
 
@@ -73,6 +81,7 @@ pub async fn run(args: &FloorArgs) -> Result<NatsPathResult, FloorError> {
         messages: (args.seconds * args.rate) as u64,
         procs: args.nats_procs,
         history: measure(args, Delivery::History).await?,
+        republish: measure(args, Delivery::Republish).await?,
         core: measure(args, Delivery::Core).await?,
     })
 }
@@ -157,7 +166,12 @@ async fn drive_forgetting(
     let mut pacer = Pacer::new(args);
     let sent = pacer.warmup + pacer.window;
     let driver = async_nats::connect(url).await.map_err(nats)?;
-    if delivery == Delivery::History {
+    if delivery != Delivery::Core {
+        let republish = (delivery == Delivery::Republish).then(|| stream::Republish {
+            source: format!("{EVENTS}.>"),
+            destination: format!("{LIVE}.>"),
+            headers_only: false,
+        });
         jetstream::new(driver.clone())
             .create_stream(stream::Config {
                 name: STREAM.into(),
@@ -166,6 +180,7 @@ async fn drive_forgetting(
                 duplicate_window: Duration::from_secs(600),
                 max_age: Duration::from_secs(3600),
                 allow_direct: true,
+                republish,
                 ..Default::default()
             })
             .await
@@ -258,8 +273,12 @@ impl Node {
             .map_err(nats)?;
         let mut copies: futures_util::stream::BoxStream<'static, Option<async_nats::HeaderMap>> =
             match delivery {
-                Delivery::Core => client
-                    .subscribe(format!("{EVENTS}.>"))
+                Delivery::Core | Delivery::Republish => client
+                    .subscribe(if delivery == Delivery::Core {
+                        format!("{EVENTS}.>")
+                    } else {
+                        format!("{LIVE}.>")
+                    })
                     .await
                     .map_err(nats)?
                     .map(|m| m.headers)
@@ -348,9 +367,13 @@ pub fn table(r: &NatsPathResult) -> String {
     };
     format!(
         "nats-server on the contract's path, its clients doing nothing ({procs})\n\
-         messages {}\n{}{}",
+         messages {}\n{}{}{}",
         r.messages,
         line("history (file stream, ordered consumers)", &r.history),
+        line(
+            "republish (the stream republishes, no consumers)",
+            &r.republish
+        ),
         line("core (one publish to every node, no stream)", &r.core),
     )
 }
@@ -378,7 +401,7 @@ mod tests {
     async fn every_event_is_answered_and_reaches_every_node() {
         let result = run(&args()).await.unwrap();
         assert_eq!((result.messages, result.procs), (50, Some(1)));
-        for spent in [result.history, result.core] {
+        for spent in [result.history, result.republish, result.core] {
             assert!(spent.broker.0 > 0.0, "the server's CPU was read");
         }
     }
