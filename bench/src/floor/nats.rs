@@ -256,6 +256,9 @@ async fn send(
     Ok(())
 }
 
+/// Where a node's copies of the events come from.
+type Copies = futures_util::stream::BoxStream<'static, Option<async_nats::HeaderMap>>;
+
 /// A node stand-in: answers its share of the requests by publishing the
 /// event, and replies once its own copy of the event comes back.
 struct Node {
@@ -265,82 +268,125 @@ struct Node {
 }
 
 impl Node {
+    /// Starts the node on a thread of its own with a single-threaded
+    /// runtime, as a gateway node with one worker thread runs, so the
+    /// nodes do not share the bench's runtime with the driver.
     async fn start(url: &str, delivery: Delivery, recorded: u64) -> Result<Node, FloorError> {
+        let seen = Arc::new(Mutex::new(vec![false; recorded as usize]));
+        let (ready, started) = tokio::sync::oneshot::channel();
+        let (url, marks) = (url.to_owned(), seen.clone());
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready.send(Err(FloorError::Io(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match Node::connect(&url, delivery).await {
+                    Ok((client, requests, copies)) => {
+                        let _ = ready.send(Ok(()));
+                        Node::serve(client, requests, copies, marks).await;
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            });
+        });
+        started
+            .await
+            .map_err(|_| FloorError::Nats("a node's thread ended before it started".into()))??;
+        Ok(Node { seen })
+    }
+
+    async fn connect(
+        url: &str,
+        delivery: Delivery,
+    ) -> Result<(async_nats::Client, async_nats::Subscriber, Copies), FloorError> {
         let client = async_nats::connect(url).await.map_err(nats)?;
-        let mut requests = client
+        let requests = client
             .queue_subscribe(DISPATCH, "floor".into())
             .await
             .map_err(nats)?;
-        let mut copies: futures_util::stream::BoxStream<'static, Option<async_nats::HeaderMap>> =
-            match delivery {
-                Delivery::Core | Delivery::Republish => client
-                    .subscribe(if delivery == Delivery::Core {
-                        format!("{EVENTS}.>")
-                    } else {
-                        format!("{LIVE}.>")
+        let copies: Copies = match delivery {
+            Delivery::Core | Delivery::Republish => client
+                .subscribe(if delivery == Delivery::Core {
+                    format!("{EVENTS}.>")
+                } else {
+                    format!("{LIVE}.>")
+                })
+                .await
+                .map_err(nats)?
+                .map(|m| m.headers)
+                .boxed(),
+            Delivery::History => {
+                let stream = jetstream::new(client.clone())
+                    .get_stream(STREAM)
+                    .await
+                    .map_err(nats)?;
+                stream
+                    .create_consumer(push::OrderedConfig {
+                        deliver_subject: client.new_inbox(),
+                        filter_subject: format!("{EVENTS}.>"),
+                        ..Default::default()
                     })
                     .await
                     .map_err(nats)?
-                    .map(|m| m.headers)
-                    .boxed(),
-                Delivery::History => {
-                    let stream = jetstream::new(client.clone())
-                        .get_stream(STREAM)
-                        .await
-                        .map_err(nats)?;
-                    stream
-                        .create_consumer(push::OrderedConfig {
-                            deliver_subject: client.new_inbox(),
-                            filter_subject: format!("{EVENTS}.>"),
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(nats)?
-                        .messages()
-                        .await
-                        .map_err(nats)?
-                        .filter_map(|m| async move { m.ok().map(|m| m.message.headers) })
-                        .boxed()
-                }
-            };
+                    .messages()
+                    .await
+                    .map_err(nats)?
+                    .filter_map(|m| async move { m.ok().map(|m| m.message.headers) })
+                    .boxed()
+            }
+        };
         client.flush().await.map_err(nats)?;
-        let seen = Arc::new(Mutex::new(vec![false; recorded as usize]));
-        let marks = seen.clone();
+        Ok((client, requests, copies))
+    }
+
+    /// Handles requests and copies until the server goes.
+    async fn serve(
+        client: async_nats::Client,
+        mut requests: async_nats::Subscriber,
+        mut copies: Copies,
+        marks: Arc<Mutex<Vec<bool>>>,
+    ) {
         let body = bytes::Bytes::from(vec![b'x'; EVENT_BYTES]);
-        tokio::spawn(async move {
-            // Requests this node handles, by event number, awaiting their copy.
-            let mut waiting = std::collections::HashMap::new();
-            loop {
-                tokio::select! {
-                    Some(request) = requests.next() => {
-                        let Some(k) = event_number(request.headers.as_ref()) else { continue };
-                        let Some(reply) = request.reply else { continue };
-                        waiting.insert(k, reply);
-                        let mut headers = async_nats::HeaderMap::new();
-                        headers.insert(EVENT_HEADER, k.to_string().as_str());
-                        headers.insert("Nats-Msg-Id", format!("floor-{k:040}").as_str());
-                        headers.insert("Otako-Signature", SIGNATURE);
-                        let subject = format!("{EVENTS}.{}", k % 1000);
-                        if client.publish_with_headers(subject, headers, body.clone()).await.is_err() {
+        // Requests this node handles, by event number, awaiting their copy.
+        let mut waiting = std::collections::HashMap::new();
+        loop {
+            tokio::select! {
+                Some(request) = requests.next() => {
+                    let Some(k) = event_number(request.headers.as_ref()) else { continue };
+                    let Some(reply) = request.reply else { continue };
+                    waiting.insert(k, reply);
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(EVENT_HEADER, k.to_string().as_str());
+                    headers.insert("Nats-Msg-Id", format!("floor-{k:040}").as_str());
+                    headers.insert("Otako-Signature", SIGNATURE);
+                    let subject = format!("{EVENTS}.{}", k % 1000);
+                    if client.publish_with_headers(subject, headers, body.clone()).await.is_err() {
+                        return;
+                    }
+                }
+                Some(headers) = copies.next() => {
+                    let Some(k) = event_number(headers.as_ref()) else { continue };
+                    if let Some(slot) = marks.lock().expect("not poisoned").get_mut(k as usize) {
+                        *slot = true;
+                    }
+                    if let Some(reply) = waiting.remove(&k) {
+                        if client.publish(reply, REPLY.into()).await.is_err() {
                             return;
                         }
                     }
-                    Some(headers) = copies.next() => {
-                        let Some(k) = event_number(headers.as_ref()) else { continue };
-                        if let Some(slot) = marks.lock().expect("not poisoned").get_mut(k as usize) {
-                            *slot = true;
-                        }
-                        if let Some(reply) = waiting.remove(&k) {
-                            if client.publish(reply, REPLY.into()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    else => return,
                 }
+                else => return,
             }
-        });
-        Ok(Node { seen })
+        }
     }
 
     fn distinct(&self) -> u64 {
