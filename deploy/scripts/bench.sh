@@ -8,7 +8,9 @@
 #   deploy/scripts/bench.sh all          every scenario but smoke, in turn
 #   deploy/scripts/bench.sh floor [flags] the latency scenario's floor alone
 #                                        (otako-bench floor: processes that
-#                                        only move bytes; no stack, no peer)
+#                                        only move bytes, then nats-server
+#                                        on the path for idle clients; no
+#                                        stack, no peer)
 #
 # latency, latency-http and dm also measure that floor after both systems
 # (--floor false leaves it out).

@@ -4,8 +4,9 @@
 //! server itself spends on them is measured.
 //!
 //! driver -request-> a node (queue group `floor`) -event-> every node; the
-//! handling node replies when its own copy comes back -> driver. Two ways
-//! of reaching every node, each measured over its own window:
+//! handling node replies when its own copy comes back (as the gateway does:
+//! that copy shows the stream stored the event) -> driver. Three ways of
+//! reaching every node, each measured on a fresh server over its own window:
 //!
 //! - [`Delivery::History`]: Otako's. The event goes into a file stream set
 //!   up as the event history is (message ids, a signature-sized header, a
@@ -75,7 +76,7 @@ pub struct NatsPathResult {
     pub core: Spent,
 }
 
-/// Measures both deliveries, each on a server of its own.
+/// Measures each delivery, each on a server of its own.
 pub async fn run(args: &FloorArgs) -> Result<NatsPathResult, FloorError> {
     Ok(NatsPathResult {
         messages: (args.seconds * args.rate) as u64,
