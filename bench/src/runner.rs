@@ -173,7 +173,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     // leaves it out of the report, not the systems' figures with it.
     let floor = match plan.floor_args().filter(|_| plan.floor) {
         Some(args) => {
-            eprintln!("[otako-bench] floor: the same workload by processes that only move bytes");
+            eprintln!("[otako-bench] floor: the same workload by processes that only move bytes, then nats-server on its path");
             crate::floor::FloorResult::measure(&args)
                 .await
                 .inspect_err(|e| eprintln!("[otako-bench] no floor: {e}"))

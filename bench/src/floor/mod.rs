@@ -169,6 +169,24 @@ pub enum FloorError {
     Nats(String),
 }
 
+/// Waits until `replies` counts every one of the `sent` requests (10 s at
+/// most, checked every 5 ms); fewer fail the run.
+pub async fn all_answered(
+    replies: &std::sync::atomic::AtomicU64,
+    sent: u64,
+) -> Result<(), FloorError> {
+    use std::sync::atomic::Ordering;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while replies.load(Ordering::Relaxed) < sent && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let got = replies.load(Ordering::Relaxed);
+    if got != sent {
+        return Err(FloorError::Replies { got, sent });
+    }
+    Ok(())
+}
+
 /// Runs the floor process `args` names: binds its listener, says its port
 /// on stdout, then serves until its input closes.
 pub fn hop(args: &HopArgs) -> Result<(), FloorError> {

@@ -24,7 +24,7 @@
 //! The messages are sized as the latency scenario's: a request of the
 //! contract's shape, an event with a message object, the reply.
 
-use super::{FloorArgs, FloorError, MachineWindow, Pacer, Usage};
+use super::{all_answered, FloorArgs, FloorError, MachineWindow, Pacer, Usage};
 use crate::process::{free_port, Proc};
 use async_nats::jetstream::{self, consumer::push, stream};
 use futures_util::StreamExt;
@@ -213,14 +213,7 @@ async fn drive_forgetting(
 
     // Every event answered and delivered to every node once, or the run
     // measured something else.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while answered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let got = answered.load(Ordering::Relaxed);
-    if got != sent {
-        return Err(FloorError::Replies { got, sent });
-    }
+    all_answered(&answered, sent).await?;
     for node in &nodes {
         let got = node.distinct();
         if got != sent {

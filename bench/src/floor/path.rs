@@ -12,15 +12,14 @@
 //! events do not overlap.
 
 use super::{
-    count_sessions, frame, hold_sessions, latency_line, serve_inboxes, stamp_of, FloorArgs,
-    FloorError, Hop, HopArgs, Inbox, Latencies, MachineWindow, Pacer, Usage, STAMP,
+    all_answered, count_sessions, frame, hold_sessions, latency_line, serve_inboxes, stamp_of,
+    FloorArgs, FloorError, Hop, HopArgs, Inbox, Latencies, MachineWindow, Pacer, Usage, STAMP,
 };
 use crate::latency::{LatencySummary, WakeupProbe};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 const REQ: u8 = 1;
 const QUERY: u8 = 2;
@@ -284,14 +283,7 @@ async fn drive(
     // driver's connection ends the broker, the broker's the nodes, and the
     // nodes' the sessions and the database.
     let sent = pacer.warmup + pacer.window;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while replies.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let got = replies.load(Ordering::Relaxed);
-    if got != sent {
-        return Err(FloorError::Replies { got, sent });
-    }
+    all_answered(&replies, sent).await?;
     // The reply reader holds a clone of the socket, so only a shutdown
     // ends the connection.
     driver.shutdown(std::net::Shutdown::Both)?;
