@@ -152,16 +152,7 @@ mod tests {
             db: None,
         };
         let relay = std::thread::spawn(move || serve(listener, &hop));
-        let args = FloorArgs {
-            channels: 3,
-            members: 2,
-            nodes: 1,
-            rate: 500.0,
-            warmup: 0.02,
-            seconds: 0.1,
-            frame_bytes: 50,
-            nats_procs: None,
-        };
+        let args = FloorArgs::short(1, 50);
         let result = drive(&args, port, &[]).await;
         relay.join().unwrap().unwrap();
         result

@@ -70,6 +70,24 @@ pub struct FloorArgs {
     pub nats_procs: Option<usize>,
 }
 
+#[cfg(test)]
+impl FloorArgs {
+    /// A run of a fraction of a second for tests: three channels of two,
+    /// 500 msg/s, 10 messages of warm-up and 50 in the window.
+    pub fn short(nodes: usize, frame_bytes: usize) -> FloorArgs {
+        FloorArgs {
+            channels: 3,
+            members: 2,
+            nodes,
+            rate: 500.0,
+            warmup: 0.02,
+            seconds: 0.1,
+            frame_bytes,
+            nats_procs: None,
+        }
+    }
+}
+
 /// A gateway's MESSAGE_CREATE frame in the latency scenario is about this
 /// size; 100 bytes measured the same CPU here.
 pub const FRAME_BYTES: usize = 300;

@@ -424,14 +424,8 @@ mod tests {
 
     fn args() -> FloorArgs {
         FloorArgs {
-            channels: 3,
-            members: 2,
-            nodes: 2,
-            rate: 500.0,
-            warmup: 0.02,
-            seconds: 0.1,
-            frame_bytes: 40,
             nats_procs: Some(1),
+            ..FloorArgs::short(2, 40)
         }
     }
 

@@ -372,16 +372,7 @@ mod tests {
             let a = hop(Role::Node, k, 3, Some(broker_port), Some(db_port));
             threads.push(std::thread::spawn(move || node(l, &a)));
         }
-        let args = FloorArgs {
-            channels: 3,
-            members: 2,
-            nodes: 2,
-            rate: 500.0,
-            warmup: 0.02,
-            seconds: 0.1,
-            frame_bytes: 40,
-            nats_procs: None,
-        };
+        let args = FloorArgs::short(2, 40);
         let pids = Pids {
             nodes: vec![],
             broker: vec![],
